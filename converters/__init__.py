@@ -1,0 +1,1 @@
+"""Export of edgeseg models to deployable formats (installed as ``edgeseg.converters``)."""

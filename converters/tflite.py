@@ -1,0 +1,111 @@
+"""Keras model -> TFLite flatbuffer, with builtin operators only.
+
+Quantisation modes (https://ai.google.dev/edge/litert/models/post_training_quantization):
+``none`` (fp32), ``fp16`` (fp16 weights), ``dynamic`` (int8 weights, float activations) and
+``int8`` (full integer with a representative dataset; input / output float32, uint8 or int8).
+``supported_ops`` is always ``TFLITE_BUILTINS`` (``TFLITE_BUILTINS_INT8`` for full int8), so a
+graph that would need Flex (select TF) ops fails to convert here rather than on the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+QUANT_MODES = ("none", "fp16", "dynamic", "int8")
+IO_TYPES = ("float32", "uint8", "int8")
+
+
+def convert_keras_to_tflite(
+    model,
+    quant: str = "none",
+    representative_data: Callable[[], Iterable[np.ndarray]] | None = None,
+    io_type: str = "float32",
+) -> bytes:
+    """Converts a Keras 3 model with one image input to a TFLite flatbuffer (batch size 1).
+
+    Args:
+        quant: one of ``QUANT_MODES``.
+        representative_data: for ``int8``, a callable returning an iterable of float32 images
+            (H, W, C) or batches (1, H, W, C) in the model's input range; 100-500 images is usual.
+        io_type: input / output type of a full-int8 model; other modes take float32 only.
+    """
+    import tensorflow as tf
+
+    if quant not in QUANT_MODES:
+        raise ValueError(f"quant must be one of {', '.join(QUANT_MODES)}; got {quant!r}")
+    if io_type not in IO_TYPES:
+        raise ValueError(f"io_type must be one of {', '.join(IO_TYPES)}; got {io_type!r}")
+    if io_type != "float32" and quant != "int8":
+        raise ValueError(f"io_type {io_type!r} needs quant 'int8' (got quant {quant!r})")
+    if quant == "int8" and representative_data is None:
+        raise ValueError("quant 'int8' needs representative_data (calibration images)")
+
+    import functools
+    import tempfile
+
+    import keras
+
+    input_shape = (1, *model.inputs[0].shape[1:])
+    # Keras 3's own path to TFLite: an export archive (a SavedModel whose variables the converter
+    # freezes into constants, so that batch norms fold into the convolutions), then the converter.
+    with tempfile.TemporaryDirectory(prefix="edgeseg-tflite-") as saved_model_dir:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint(
+            "serve",
+            functools.partial(model.__call__, training=False),
+            input_signature=[tf.TensorSpec(input_shape, tf.float32, name="image")],
+        )
+        archive.write_out(saved_model_dir, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+        _configure(converter, quant, representative_data, io_type)
+        return converter.convert()
+
+
+def _configure(converter, quant, representative_data, io_type) -> None:
+    import tensorflow as tf
+
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quant == "fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quant == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif quant == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+
+        def representative_dataset():
+            for image in representative_data():
+                batch = np.asarray(image, dtype=np.float32)
+                if batch.ndim == 3:
+                    batch = batch[None]
+                yield [batch]
+
+        converter.representative_dataset = representative_dataset
+        if io_type != "float32":
+            converter.inference_input_type = getattr(tf, io_type)
+            converter.inference_output_type = getattr(tf, io_type)
+
+
+def tflite_op_names(model_content: bytes) -> list[str]:
+    """The operator names in a TFLite flatbuffer (e.g. CONV_2D, FlexMaxPoolWithArgmax)."""
+    from edgeseg.runtime_tflite import load_interpreter
+
+    interpreter = load_interpreter(model_content=model_content)
+    return sorted({op["op_name"] for op in interpreter._get_ops_details()})
+
+
+def non_builtin_ops(model_content: bytes) -> list[str]:
+    """Operators that are not TFLite builtins: Flex (select TF) ops and custom ops."""
+    from edgeseg.runtime_tflite import load_interpreter
+
+    interpreter = load_interpreter(model_content=model_content)
+    found = set()
+    for op in interpreter._get_ops_details():
+        name = op["op_name"]
+        if name.startswith("Flex") or name == "CUSTOM" or not name.isupper():
+            found.add(name)
+    return sorted(found)

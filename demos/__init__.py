@@ -1,0 +1,1 @@
+"""Live demo loops (installed as ``edgeseg.demos``)."""

@@ -1,0 +1,287 @@
+"""Layers shared by the model families, written with ``keras.ops`` only.
+
+Every layer here runs under the TensorFlow and JAX backends and converts to TFLite with builtin
+operators only: pooling indices are computed with strided slices, a reduction and ``argmax``
+instead of ``tf.nn.max_pool_with_argmax`` (which has no TFLite builtin, tensorflow issue 23320),
+and unpooling with comparisons, selects and reshapes instead of a scatter.
+
+All layers are channels-last (NHWC) and need static spatial sizes: the models are built for one
+input size, which is what TFLite, TensorRT and fixed-shape accelerators want.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+PACKAGE = "edgeseg"
+
+
+def first_argmax(x, axis: int = -1):
+    """Index of the first maximum along ``axis`` (int32), with TFLite builtin operators only.
+
+    ``keras.ops.argmax`` on the TensorFlow backend adds a sign-bit test (``BitwiseAnd``) that has
+    no TFLite builtin; max + equal + select + min converts everywhere and makes the tie rule
+    explicit: the lowest index wins.
+    """
+    size = x.shape[axis]
+    positions = ops.reshape(
+        ops.arange(size, dtype="int32"), [size if i == axis % len(x.shape) else 1 for i in range(len(x.shape))]
+    )
+    is_max = ops.equal(x, ops.max(x, axis=axis, keepdims=True))
+    return ops.min(ops.where(is_max, positions, size), axis=axis)
+
+
+def _static_hw(shape, layer_name: str) -> tuple[int, int]:
+    height, width = shape[1], shape[2]
+    if height is None or width is None:
+        raise ValueError(
+            f"{layer_name} needs a static height and width, got input shape {tuple(shape)}; "
+            "build the model with a fixed input_shape=(H, W, C)"
+        )
+    return int(height), int(width)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class MaxPoolWithIndices(keras.layers.Layer):
+    """k x k max pooling with stride k that also returns where each maximum was.
+
+    The indices are window-local: ``r * k + c`` for the row ``r`` and column ``c`` of the maximum
+    inside its k x k window (0..k*k-1, int32). That is all max-unpooling needs, it stays small,
+    and it is exact after int8 quantisation. ``flat_indices`` converts them to the flat
+    ``(y * W + x) * C + ch`` indices of ``tf.nn.max_pool_with_argmax``.
+
+    Ties are resolved to the first maximum in row-major order inside the window (the lowest
+    index), as NumPy's ``argmax`` and TensorFlow's CPU ``max_pool_with_argmax`` do.
+
+    A height or width that is not a multiple of k is handled as "ceil mode": the last row / column
+    is repeated to fill the window. Because ties go to the first occurrence, an index never
+    points at a repeated (padding) element.
+
+    Returns:
+        ``(pooled, indices)``, both of shape ``(N, ceil(H / k), ceil(W / k), C)``.
+    """
+
+    def __init__(self, pool_size: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        if int(pool_size) < 2:
+            raise ValueError(f"pool_size must be an integer >= 2, got {pool_size!r}")
+        self.pool_size = int(pool_size)
+
+    def _windows(self, inputs):
+        k = self.pool_size
+        height, width = _static_hw(inputs.shape, self.name)
+        pad_h = -height % k
+        pad_w = -width % k
+        x = inputs
+        if pad_h:
+            x = ops.concatenate([x] + [x[:, -1:, :, :]] * pad_h, axis=1)
+        if pad_w:
+            x = ops.concatenate([x] + [x[:, :, -1:, :]] * pad_w, axis=2)
+        # One strided slice per window position, stacked on a new last axis: (N, h, w, C, k*k).
+        return ops.stack([x[:, r::k, c::k, :] for r in range(k) for c in range(k)], axis=-1)
+
+    def call(self, inputs):
+        windows = self._windows(inputs)
+        pooled = ops.max(windows, axis=-1)
+        indices = first_argmax(windows, axis=-1)
+        return pooled, indices
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, c = input_shape
+        k = self.pool_size
+        out = (n, math.ceil(h / k), math.ceil(w / k), c)
+        return out, out
+
+    def get_config(self):
+        return {**super().get_config(), "pool_size": self.pool_size}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class UnpoolWithIndices(keras.layers.Layer):
+    """Max-unpooling: puts each value back where ``MaxPoolWithIndices`` found its maximum.
+
+    Every other position of the k x k window is zero (SegNet section 3, ENet section 3). The
+    output is cropped to ``output_size`` (the height and width of the map that was pooled), so
+    that odd sizes round-trip.
+
+    Call with ``[values, indices]`` where both have shape ``(N, h, w, C)``.
+    """
+
+    def __init__(self, output_size: tuple[int, int], pool_size: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.output_size = (int(output_size[0]), int(output_size[1]))
+        self.pool_size = int(pool_size)
+
+    def call(self, inputs):
+        values, indices = inputs
+        k = self.pool_size
+        h, w = _static_hw(values.shape, self.name)
+        channels = values.shape[-1]
+        zeros = ops.zeros_like(values)
+        rows = []
+        for r in range(k):
+            # (N, h, w, k, C) -> (N, h, w*k, C): column c of window j lands at x = j*k + c.
+            row = ops.stack(
+                [ops.where(ops.equal(indices, r * k + c), values, zeros) for c in range(k)],
+                axis=3,
+            )
+            rows.append(ops.reshape(row, (-1, h, w * k, channels)))
+        # (N, h, k, w*k, C) -> (N, h*k, w*k, C): row r of window i lands at y = i*k + r.
+        out = ops.reshape(ops.stack(rows, axis=2), (-1, h * k, w * k, channels))
+        out_h, out_w = self.output_size
+        if (out_h, out_w) != (h * k, w * k):
+            out = out[:, :out_h, :out_w, :]
+        return out
+
+    def compute_output_shape(self, input_shape):
+        values_shape = input_shape[0]
+        return (values_shape[0], *self.output_size, values_shape[-1])
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "output_size": list(self.output_size),
+            "pool_size": self.pool_size,
+        }
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class PadToMultiple(keras.layers.Layer):
+    """Zero-pads the bottom and right so that height and width are multiples of ``multiple``.
+
+    Models with an output stride s use it on their input and ``CropTo`` on their output, so that
+    any input size (640x360, 1920x1080) gives an output of the same size.
+    """
+
+    def __init__(self, multiple: int, **kwargs):
+        super().__init__(**kwargs)
+        self.multiple = int(multiple)
+
+    def _pads(self, shape):
+        height, width = _static_hw(shape, self.name)
+        return -height % self.multiple, -width % self.multiple
+
+    def call(self, inputs):
+        pad_h, pad_w = self._pads(inputs.shape)
+        if not (pad_h or pad_w):
+            return inputs
+        return ops.pad(inputs, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
+
+    def compute_output_shape(self, input_shape):
+        pad_h, pad_w = self._pads(input_shape)
+        return (input_shape[0], input_shape[1] + pad_h, input_shape[2] + pad_w, input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "multiple": self.multiple}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class PadChannels(keras.layers.Layer):
+    """Zero-pads the channel axis up to ``channels`` (ENet's downsampling shortcut)."""
+
+    def __init__(self, channels: int, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = int(channels)
+
+    def call(self, inputs):
+        extra = self.channels - inputs.shape[-1]
+        if extra < 0:
+            raise ValueError(f"{self.name}: input has {inputs.shape[-1]} channels > {self.channels}")
+        if extra == 0:
+            return inputs
+        return ops.pad(inputs, [[0, 0], [0, 0], [0, 0], [0, extra]])
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.channels)
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class CropTo(keras.layers.Layer):
+    """Crops a map to ``size`` (height, width), from the top-left or the centre.
+
+    Top-left undoes ``PadToMultiple``; centre is U-Net's crop of the encoder map before
+    concatenation (Ronneberger et al., section 2).
+    """
+
+    def __init__(self, size: tuple[int, int], centre: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.size = (int(size[0]), int(size[1]))
+        self.centre = bool(centre)
+
+    def _offsets(self, shape):
+        height, width = _static_hw(shape, self.name)
+        out_h, out_w = self.size
+        if out_h > height or out_w > width:
+            raise ValueError(f"{self.name}: cannot crop {height}x{width} to {out_h}x{out_w}")
+        if not self.centre:
+            return 0, 0
+        return (height - out_h) // 2, (width - out_w) // 2
+
+    def call(self, inputs):
+        top, left = self._offsets(inputs.shape)
+        out_h, out_w = self.size
+        if (top, left) == (0, 0) and tuple(inputs.shape[1:3]) == self.size:
+            return inputs
+        return inputs[:, top : top + out_h, left : left + out_w, :]
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], *self.size, input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "size": list(self.size), "centre": self.centre}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ClassMask(keras.layers.Layer):
+    """In-graph argmax over the class axis, as a uint8 label map (what an app on a device wants)."""
+
+    def call(self, inputs):
+        return ops.cast(first_argmax(inputs, axis=-1), "uint8")
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1])
+
+    def compute_output_spec(self, inputs):
+        return keras.KerasTensor(inputs.shape[:-1], dtype="uint8")
+
+
+OUTPUTS = ("logits", "probs", "mask")
+
+
+def segmentation_output(logits, output: str):
+    """Turns per-pixel class logits into the requested output: logits, probs or mask."""
+    if output == "logits":
+        return logits
+    if output == "probs":
+        return keras.layers.Softmax(axis=-1, name="probs", dtype="float32")(logits)
+    if output == "mask":
+        return ClassMask(name="mask")(logits)
+    raise ValueError(f"output must be one of {', '.join(OUTPUTS)}; got {output!r}")
+
+
+def flat_indices(window_indices, input_shape: tuple[int, int, int], pool_size: int = 2):
+    """Converts window-local indices to ``tf.nn.max_pool_with_argmax``'s flat indices (NumPy).
+
+    Args:
+        window_indices: array (N, h, w, C) from ``MaxPoolWithIndices``.
+        input_shape: (H, W, C) of the map that was pooled.
+    Returns:
+        int64 array (N, h, w, C) of ``(y * W + x) * C + c`` with y, x clamped into the map.
+    """
+    import numpy as np
+
+    idx = np.asarray(window_indices).astype(np.int64)
+    height, width, channels = input_shape
+    _, h, w, c = idx.shape
+    k = pool_size
+    y = np.arange(h)[None, :, None, None] * k + idx // k
+    x = np.arange(w)[None, None, :, None] * k + idx % k
+    y = np.minimum(y, height - 1)
+    x = np.minimum(x, width - 1)
+    return (y * width + x) * channels + np.arange(c)[None, None, None, :]

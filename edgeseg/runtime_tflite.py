@@ -1,0 +1,64 @@
+"""Loads the LiteRT (TFLite) interpreter without importing TensorFlow.
+
+``ai_edge_litert`` is the LiteRT package; older device images have ``tflite_runtime``, which has
+the same ``Interpreter`` API and is used as a fallback.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def _interpreter_class():
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter
+        except ImportError:
+            raise ImportError(
+                "running .tflite models needs the LiteRT interpreter: pip install ai-edge-litert "
+                "(or tflite-runtime on older device images)"
+            ) from None
+    return Interpreter
+
+
+def load_interpreter(
+    model_path: str | os.PathLike | None = None,
+    model_content: bytes | None = None,
+    num_threads: int | None = None,
+):
+    """A LiteRT interpreter with its tensors allocated, from a file or from bytes."""
+    interpreter_class = _interpreter_class()
+    if model_path is not None:
+        model_path = os.fspath(model_path)
+        if not os.path.isfile(model_path):
+            raise FileNotFoundError(f"TFLite model {model_path!r} does not exist")
+    interpreter = interpreter_class(
+        model_path=model_path, model_content=model_content, num_threads=num_threads
+    )
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def run_interpreter(interpreter, image):
+    """Runs one input through the interpreter, quantising / dequantising as its tensors need.
+
+    ``image`` is a float array (1, H, W, C) in the model's input range.
+    """
+    import numpy as np
+
+    input_detail = interpreter.get_input_details()[0]
+    output_detail = interpreter.get_output_details()[0]
+    x = np.asarray(image, dtype=np.float32)
+    if input_detail["dtype"] != np.float32:
+        scale, zero_point = input_detail["quantization"]
+        info = np.iinfo(input_detail["dtype"])
+        x = np.clip(np.round(x / scale + zero_point), info.min, info.max)
+    interpreter.set_tensor(input_detail["index"], x.astype(input_detail["dtype"]))
+    interpreter.invoke()
+    y = interpreter.get_tensor(output_detail["index"])
+    scale, zero_point = output_detail["quantization"]
+    if y.dtype in (np.int8, np.uint8) and scale:
+        y = (y.astype(np.float32) - zero_point) * scale
+    return y
