@@ -60,6 +60,7 @@ _MODELS: dict[str, ModelSpec] = {
                 "filters": (64, "filters of the first level, doubled at each level down"),
                 "depth": (4, "number of down / up steps"),
                 "padding": ("same", "'valid' as in the paper (572 -> 388) or 'same'"),
+                "dropout": (0.5, "dropout at the end of the contracting path"),
             },
         ),
         ModelSpec(

@@ -1,0 +1,6 @@
+"""Shared fixtures. TensorFlow logs are quietened before anything imports it."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")

@@ -1,0 +1,147 @@
+"""The pooling-with-indices and unpooling layers against a NumPy reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from edgeseg.models.layers import (  # noqa: E402
+    ClassMask,
+    CropTo,
+    MaxPoolWithIndices,
+    PadToMultiple,
+    UnpoolWithIndices,
+    flat_indices,
+)
+from tests.helpers import keras_predict  # noqa: E402
+
+
+def numpy_max_pool_with_argmax(x: np.ndarray, k: int):
+    """Ceil-mode k x k max pooling; flat indices (y * W + x) * C + c of the first maximum."""
+    n, height, width, channels = x.shape
+    h, w = -(-height // k), -(-width // k)
+    pooled = np.zeros((n, h, w, channels), x.dtype)
+    indices = np.zeros((n, h, w, channels), np.int64)
+    for b in range(n):
+        for i in range(h):
+            for j in range(w):
+                for c in range(channels):
+                    best, best_index = None, None
+                    for y in range(i * k, min(i * k + k, height)):
+                        for xx in range(j * k, min(j * k + k, width)):
+                            value = x[b, y, xx, c]
+                            if best is None or value > best:  # strict: the first maximum wins
+                                best, best_index = value, (y * width + xx) * channels + c
+                    pooled[b, i, j, c] = best
+                    indices[b, i, j, c] = best_index
+    return pooled, indices
+
+
+def numpy_unpool(values: np.ndarray, flat: np.ndarray, out_shape):
+    n = values.shape[0]
+    out = np.zeros((n, int(np.prod(out_shape))), values.dtype)
+    for b in range(n):
+        out[b, flat[b].ravel()] = values[b].ravel()
+    return out.reshape((n, *out_shape))
+
+
+CASES = [  # (height, width, channels, pool size, integer values -> many ties)
+    (8, 8, 3, 2, False),
+    (7, 9, 2, 2, False),
+    (5, 5, 4, 2, True),
+    (9, 7, 2, 3, True),
+    (1, 3, 1, 2, True),
+]
+
+
+@pytest.mark.parametrize(("height", "width", "channels", "k", "ties"), CASES)
+def test_pool_and_unpool_match_numpy(height, width, channels, k, ties):
+    rng = np.random.default_rng(height * 100 + width)
+    if ties:
+        x = rng.integers(0, 3, (2, height, width, channels)).astype(np.float32)
+    else:
+        x = rng.normal(size=(2, height, width, channels)).astype(np.float32)
+    inputs = keras.Input((height, width, channels))
+    pooled, indices = MaxPoolWithIndices(k)(inputs)
+    unpooled = UnpoolWithIndices((height, width), k)([pooled, indices])
+    model = keras.Model(inputs, [pooled, indices, unpooled])
+    got_pooled, got_indices, got_unpooled = (
+        keras.ops.convert_to_numpy(t) for t in model(x)
+    )
+
+    want_pooled, want_flat = numpy_max_pool_with_argmax(x, k)
+    np.testing.assert_array_equal(got_pooled, want_pooled)
+    np.testing.assert_array_equal(flat_indices(got_indices, x.shape[1:], k), want_flat)
+    np.testing.assert_array_equal(got_unpooled, numpy_unpool(want_pooled, want_flat, x.shape[1:]))
+
+
+def test_ties_go_to_the_first_position_in_the_window():
+    x = np.ones((1, 2, 2, 1), np.float32)
+    _, indices = MaxPoolWithIndices(2)(x)
+    assert int(keras.ops.convert_to_numpy(indices)[0, 0, 0, 0]) == 0
+    x = np.array([[0, 5], [5, 1]], np.float32).reshape(1, 2, 2, 1)
+    _, indices = MaxPoolWithIndices(2)(x)
+    assert int(keras.ops.convert_to_numpy(indices)[0, 0, 0, 0]) == 1
+
+
+def test_pad_crop_and_mask_layers():
+    x = np.arange(2 * 5 * 7 * 3, dtype=np.float32).reshape(2, 5, 7, 3)
+    padded = keras.ops.convert_to_numpy(PadToMultiple(4)(x))
+    assert padded.shape == (2, 8, 8, 3)
+    np.testing.assert_array_equal(padded[:, :5, :7], x)
+    assert not padded[:, 5:].any() and not padded[:, :, 7:].any()
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(CropTo((5, 7))(padded)), x)
+    centre = keras.ops.convert_to_numpy(CropTo((3, 3), centre=True)(x))
+    np.testing.assert_array_equal(centre, x[:, 1:4, 2:5])
+    logits = np.random.default_rng(0).normal(size=(2, 4, 5, 6)).astype(np.float32)
+    mask = keras.ops.convert_to_numpy(ClassMask()(logits))
+    assert mask.dtype == np.uint8
+    np.testing.assert_array_equal(mask, logits.argmax(-1))
+
+
+def test_unpool_config_round_trip():
+    layer = UnpoolWithIndices((7, 9), 3, name="u")
+    clone = UnpoolWithIndices.from_config(layer.get_config())
+    assert clone.output_size == (7, 9) and clone.pool_size == 3
+
+
+def test_pool_size_below_two_is_rejected():
+    with pytest.raises(ValueError, match="pool_size"):
+        MaxPoolWithIndices(1)
+
+
+@pytest.mark.slow
+def test_pool_unpool_convert_to_builtin_tflite_fp32_and_int8():
+    from edgeseg.converters.tflite import convert_keras_to_tflite, non_builtin_ops, tflite_op_names
+    from edgeseg.runtime_tflite import load_interpreter, run_interpreter
+
+    inputs = keras.Input((9, 7, 4))
+    features = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    pooled, indices = MaxPoolWithIndices(2)(features)
+    outputs = UnpoolWithIndices((9, 7), 2)([pooled, indices])
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(1, 9, 7, 4)).astype(np.float32)
+    want = keras_predict(model, x)
+
+    fp32 = convert_keras_to_tflite(model)
+    ops = tflite_op_names(fp32)
+    assert non_builtin_ops(fp32) == []
+    assert not any("ARG_MAX" in op or "SCATTER" in op for op in ops), ops
+    got = run_interpreter(load_interpreter(model_content=fp32), x)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+    int8 = convert_keras_to_tflite(
+        model, "int8", lambda: (rng.normal(size=(9, 7, 4)).astype(np.float32) for _ in range(20))
+    )
+    assert non_builtin_ops(int8) == []
+    got8 = run_interpreter(load_interpreter(model_content=int8), x)
+    # Unpooling keeps its structure after quantisation: non-zeros only where Keras has them
+    # (quantised ties may move a few maxima inside their window), values within a few steps.
+    assert (got8 != 0).sum() <= (want != 0).sum() * 1.2
+    same_place = (got8 != 0) & (want != 0)
+    assert same_place.sum() >= 0.8 * (want != 0).sum()
+    scale = np.abs(want).max() / 127
+    assert np.abs(got8 - want)[same_place].max() < 4 * scale
