@@ -81,6 +81,48 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_data_synth(args) -> int:
+    from edgeseg.data import write_synthetic
+
+    width, height = args.size
+    root = write_synthetic(args.out_dir, n_train=args.n_train, n_val=args.n_val,
+                           n_test=args.n_test, size=(width, height), seed=args.seed)
+    print(f"wrote {args.n_train} train / {args.n_val} val / {args.n_test} test scenes "
+          f"({width}x{height}) to {root}; use it as --data synthetic:{root}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    _quiet_tensorflow()
+    from edgeseg.train.trainer import TrainConfig, train
+
+    config = TrainConfig(
+        model=args.model, data=args.data, out=args.out, size=args.size, epochs=args.epochs,
+        batch=args.batch, lr=args.lr, weight_decay=args.weight_decay, optimizer=args.optimizer,
+        momentum=args.momentum, class_weighting=args.class_weighting,
+        weight_map={"on": True, "off": False}.get(args.weight_map),
+        elastic={"on": True, "off": False}.get(args.elastic), loss=args.loss,
+        steps_per_epoch=args.steps_per_epoch, model_options=parse_options(args.option),
+        init_from=args.init_from, resume=args.resume, skip_bad=args.skip_bad, seed=args.seed,
+        mixed_precision=args.mixed_precision, verbose=0 if args.quiet else 1,
+    )
+    record = train(config)
+    best = record.get("best") or {}
+    print(f"done: {len(record['epochs'])} epochs; best val mIoU {100 * best.get('miou', 0):.1f} "
+          f"at epoch {best.get('epoch')}; models and run.json in {args.out}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    _quiet_tensorflow()
+    from edgeseg.evaluate import evaluate, format_report
+
+    result = evaluate(args.model, args.data, split=args.split, limit=args.limit,
+                      save_vis=args.save_vis, json_path=args.json)
+    print(format_report(result, result["classes"]))
+    return 0
+
+
 # --- parser -------------------------------------------------------------------------------------
 
 
@@ -102,6 +144,53 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model option, e.g. width=0.5 (repeatable)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("data", help="datasets: write the synthetic set")
+    data_sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    q = data_sub.add_parser("synth", help="write the built-in synthetic dataset (CamVid layout + COCO)")
+    q.add_argument("out_dir")
+    q.add_argument("--n-train", type=int, default=300)
+    q.add_argument("--n-val", type=int, default=60)
+    q.add_argument("--n-test", type=int, default=0)
+    q.add_argument("--size", type=parse_size, default=(480, 360), help="WxH (default 480x360)")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_data_synth)
+
+    p = sub.add_parser("train", help="train a model with its paper's recipe (flags override it)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", default="synthetic",
+                   help="data spec: camvid:PATH, cityscapes:PATH, voc:PATH, folder:PATH, "
+                        "coco:PATH, synthetic[:PATH]")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--size", type=parse_size, default=(480, 360), help="crop / model WxH")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch", type=int, help="per-device batch (recipe default)")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--optimizer", choices=["adam", "sgd"])
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--class-weighting", choices=["enet", "median", "none"])
+    p.add_argument("--weight-map", choices=["on", "off"], help="U-Net border weight map")
+    p.add_argument("--elastic", choices=["on", "off"], help="U-Net elastic deformation")
+    p.add_argument("--loss", choices=["ce", "dice"], default="ce")
+    p.add_argument("--steps-per-epoch", type=int)
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="model option")
+    p.add_argument("--init-from", help="a .keras model to start from (transfer learning)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--skip-bad", action="store_true", help="skip and count bad samples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mixed-precision", choices=["auto", "on", "off"], default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a model on a data spec (mIoU, accuracies)")
+    p.add_argument("model", help="a .keras file")
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="val")
+    p.add_argument("--limit", type=int, help="evaluate the first N images only")
+    p.add_argument("--json", help="write the metrics to this JSON file")
+    p.add_argument("--save-vis", help="write image | truth | prediction PNGs to this folder")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 
@@ -113,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, ImportError) as error:
+    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as error:
         print(f"edgeseg {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,308 @@
+"""edgeseg.evaluate against references computed here: NumPy IoU from the model's own outputs,
+a perfect predictor, palette lookups and the pictures written."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from edgeseg.data import open_dataset, write_synthetic
+from edgeseg.evaluate import (
+    colourise,
+    evaluate,
+    evaluate_predictor,
+    format_report,
+    load_keras_model,
+    predict_label_map,
+    read_run_metadata,
+    save_visualisation,
+    write_json_atomic,
+)
+from edgeseg.metrics import ConfusionMatrix
+
+WIDTH, HEIGHT = 48, 32
+IGNORE = 255
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_synthetic(
+        tmp_path_factory.mktemp("data") / "synthetic", n_train=2, n_val=3, size=(WIDTH, HEIGHT),
+        workers=1,
+    )
+
+
+@pytest.fixture(scope="module")
+def val_set(data_dir):
+    return open_dataset(f"synthetic:{data_dir}", "val")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, val_set):
+    """A run folder as the trainer leaves it: best.keras and run.json."""
+    keras = pytest.importorskip("keras")
+    from edgeseg.models import build
+
+    keras.utils.set_random_seed(0)
+    model = build("unet", val_set.num_classes, (HEIGHT, WIDTH, 3), filters=4, depth=2)
+    # Untrained logits barely vary over an image; a larger classifier bias per class makes
+    # the argmax pick several classes, so that the IoUs compared below are not all 0.
+    classifier = model.get_layer("classifier")
+    kernel, bias = classifier.get_weights()
+    rng = np.random.default_rng(0)
+    classifier.set_weights([kernel * 20, rng.normal(0, 0.05, bias.shape).astype(bias.dtype)])
+    out = tmp_path_factory.mktemp("run")
+    model.save(out / "best.keras")
+    (out / "run.json").write_text(json.dumps({
+        "model": "unet",
+        "classes": list(val_set.classes),
+        "palette": val_set.palette.tolist(),
+        "ignore_index": IGNORE,
+        "size": [WIDTH, HEIGHT],
+        "normalisation": {"scale": 1 / 255, "offset": 0.0},
+    }))
+    return out
+
+
+def numpy_scores(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> dict:
+    """IoU and accuracies by per-class boolean masks, straight from the definitions."""
+    valid = labels != IGNORE
+    iou, acc = [], []
+    for cls in range(num_classes):
+        is_gt = (labels == cls) & valid
+        is_pred = (preds == cls) & valid
+        tp = np.sum(is_gt & is_pred)
+        union = np.sum(is_gt | is_pred)
+        iou.append(tp / union if union else math.nan)
+        acc.append(tp / np.sum(is_gt) if np.sum(is_gt) else math.nan)
+    return {
+        "per_class_iou": iou,
+        "per_class_acc": acc,
+        "miou": np.nanmean(iou),
+        "class_avg_acc": np.nanmean(acc),
+        "global_acc": np.sum((labels == preds) & valid) / np.sum(valid),
+    }
+
+
+# --- evaluate() on a saved model ----------------------------------------------------------------
+
+
+def test_evaluate_matches_numpy_scores_of_the_models_outputs(run_dir, data_dir, val_set, tmp_path):
+    json_path = tmp_path / "out" / "metrics.json"
+    vis_dir = tmp_path / "vis"
+    result = evaluate(
+        run_dir / "best.keras", f"synthetic:{data_dir}", "val",
+        save_vis=vis_dir, json_path=json_path, batch_size=2,
+    )
+
+    # The reference runs the model here, on the images as read from disk.
+    model = load_keras_model(run_dir / "best.keras")
+    images = np.stack([val_set[i][0] for i in range(len(val_set))])
+    labels = np.stack([val_set[i][1] for i in range(len(val_set))])
+    logits = np.asarray(model(images.astype(np.float32) / 255.0, training=False))
+    preds = logits.argmax(-1)
+    assert len(np.unique(preds)) > 1, "the test model should predict more than one class"
+    expected = numpy_scores(labels, preds, val_set.num_classes)
+
+    np.testing.assert_allclose(result["per_class_iou"], expected["per_class_iou"], equal_nan=True)
+    np.testing.assert_allclose(result["per_class_acc"], expected["per_class_acc"], equal_nan=True)
+    for key in ("miou", "class_avg_acc", "global_acc"):
+        assert result[key] == pytest.approx(expected[key]), key
+    assert result["num_images"] == 3
+    assert result["classes"] == list(val_set.classes)
+    assert result["num_pixels"] == int(np.sum(labels != IGNORE))
+    assert result["model"] == str(run_dir / "best.keras")
+    assert result["architecture"] == "unet"
+    assert (result["data"], result["split"]) == (f"synthetic:{data_dir}", "val")
+    assert result["input_size"] == [WIDTH, HEIGHT]
+
+    written = json.loads(json_path.read_text())
+    assert written["miou"] == pytest.approx(result["miou"])
+    assert [v is None for v in written["per_class_iou"]] == [
+        math.isnan(v) for v in result["per_class_iou"]
+    ]
+    assert not list(json_path.parent.glob(".*tmp")), "the temporary file should be renamed"
+
+    # One picture per image, named after it: image | ground truth | prediction.
+    for index in range(len(val_set)):
+        stem = val_set.sample_paths(index)[0].stem
+        picture = cv2.imread(str(vis_dir / f"{stem}.png"))[..., ::-1]
+        assert picture.shape == (HEIGHT, 3 * WIDTH, 3)
+        np.testing.assert_array_equal(picture[:, :WIDTH], images[index])
+        np.testing.assert_array_equal(
+            picture[:, 2 * WIDTH:], val_set.palette[preds[index]]
+        )
+
+
+def test_evaluate_limit_scores_the_first_images(run_dir, data_dir):
+    result = evaluate(run_dir / "best.keras", f"synthetic:{data_dir}", "val", limit=2)
+    assert result["num_images"] == 2
+
+
+def test_class_count_mismatch_names_both_counts(tmp_path, data_dir):
+    pytest.importorskip("keras")
+    from edgeseg.models import build
+
+    model = build("unet", 3, (HEIGHT, WIDTH, 3), filters=4, depth=2)
+    model.save(tmp_path / "three.keras")
+    with pytest.raises(ValueError, match=r"predicts 3 classes .* has 7 classes"):
+        evaluate(tmp_path / "three.keras", f"synthetic:{data_dir}", "val")
+
+
+def test_missing_or_wrong_model_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.keras does not exist"):
+        load_keras_model(tmp_path / "nowhere.keras")
+    (tmp_path / "model.tflite").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"expected a file ending in \.keras.*'\.tflite'"):
+        load_keras_model(tmp_path / "model.tflite")
+
+
+def test_read_run_metadata_prefers_run_json_then_the_sidecar(tmp_path):
+    model_path = tmp_path / "best.keras"
+    assert read_run_metadata(model_path) is None
+    (tmp_path / "best.json").write_text(json.dumps({"model": "sidecar"}))
+    assert read_run_metadata(model_path) == {"model": "sidecar"}
+    (tmp_path / "run.json").write_text(json.dumps({"model": "run"}))
+    assert read_run_metadata(model_path) == {"model": "run"}
+    (tmp_path / "run.json").write_text("{not json")
+    with pytest.raises(ValueError, match="run.json is not valid JSON"):
+        read_run_metadata(model_path)
+
+
+# --- predict_label_map --------------------------------------------------------------------------
+
+
+def one_hot(label: np.ndarray, num_classes: int) -> np.ndarray:
+    # Ignored pixels (255) get all-zero scores: any prediction there is not counted.
+    return (label[..., None] == np.arange(num_classes)).astype(np.float32)
+
+
+def test_perfect_predictor_scores_one_on_the_classes_present(val_set):
+    confusion = ConfusionMatrix(val_set.num_classes)
+    for image, label in val_set:
+        seen = []
+
+        def predict_fn(x, label=label, seen=seen):
+            seen.append(x)
+            return one_hot(label, val_set.num_classes)[None]
+
+        pred = predict_label_map(predict_fn, image, (WIDTH, HEIGHT), {"scale": 0.5, "offset": -1})
+        # The model saw the image normalised as asked, as one float32 batch.
+        assert seen[0].dtype == np.float32
+        np.testing.assert_allclose(seen[0][0], image * 0.5 - 1)
+        assert pred.dtype == np.uint8
+        confusion.update(label, pred)
+    scores = confusion.result()
+    present = [c for c in range(val_set.num_classes) if confusion.confusion[c].sum()]
+    assert present
+    assert scores["miou"] == 1.0
+    assert scores["global_acc"] == 1.0
+    assert [scores["per_class_iou"][c] for c in present] == [1.0] * len(present)
+
+
+def test_label_map_is_resized_from_the_model_size_with_nearest_neighbours():
+    image = np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8)
+    small = np.zeros((HEIGHT // 2, WIDTH // 2), dtype=np.uint8)  # model size 24x16
+    small[:, 8:] = 1
+    small[10:, :5] = 2
+    seen = []
+
+    def predict_fn(x):
+        seen.append(x.shape)
+        return one_hot(small, 3)[None] * 5.0
+
+    pred = predict_label_map(predict_fn, image, (WIDTH // 2, HEIGHT // 2))
+    assert seen == [(1, HEIGHT // 2, WIDTH // 2, 3)]
+    # A 2x upscale by nearest neighbours repeats every pixel twice in both directions.
+    np.testing.assert_array_equal(pred, small.repeat(2, axis=0).repeat(2, axis=1))
+
+
+def test_mask_outputs_are_used_as_they_are():
+    image = np.full((HEIGHT, WIDTH, 3), 7, dtype=np.uint8)
+    mask = np.arange(HEIGHT * WIDTH, dtype=np.uint8).reshape(1, HEIGHT, WIDTH) % 5
+    pred = predict_label_map(lambda x: mask, image)
+    np.testing.assert_array_equal(pred, mask[0])
+
+
+def test_output_that_is_not_a_map_of_the_input_is_refused():
+    image = np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"returned shape \(1, 20, 36, 4\).*padding='same'"):
+        predict_label_map(lambda x: np.zeros((1, 20, 36, 4), np.float32), image)
+
+
+def test_evaluate_predictor_batches_and_limits(val_set):
+    calls = []
+
+    def predict_fn(x):
+        calls.append(len(x))
+        return np.zeros(x.shape[:3], dtype=np.uint8)  # everything "sky"
+
+    result = evaluate_predictor(predict_fn, val_set, (WIDTH, HEIGHT), batch_size=2)
+    assert calls == [2, 1]
+    labels = np.stack([label for _, label in val_set])
+    expected = numpy_scores(labels, np.zeros_like(labels), val_set.num_classes)
+    assert result["global_acc"] == pytest.approx(expected["global_acc"])
+    assert result["miou"] == pytest.approx(expected["miou"])
+    assert evaluate_predictor(predict_fn, val_set, limit=1)["num_images"] == 1
+
+
+# --- pictures and reports -----------------------------------------------------------------------
+
+
+def test_colourise_looks_up_the_palette_and_blacks_out_ignored_pixels():
+    palette = np.array([[10, 20, 30], [40, 50, 60], [70, 80, 90]], dtype=np.uint8)
+    label = np.array([[0, 1, 2], [IGNORE, 2, 0]], dtype=np.uint8)
+    picture = colourise(label, palette, ignore_colour=(1, 2, 3))
+    assert picture.dtype == np.uint8 and picture.shape == (2, 3, 3)
+    for (y, x), value in np.ndenumerate(label):
+        expected = (1, 2, 3) if value == IGNORE else tuple(palette[value])
+        assert tuple(picture[y, x]) == expected
+    assert tuple(colourise(label, palette)[1, 0]) == (0, 0, 0)
+
+
+def test_save_visualisation_puts_three_panels_side_by_side(tmp_path, val_set):
+    image, label = val_set[0]
+    pred = np.where(label == IGNORE, 0, label).astype(np.uint8)
+    path = save_visualisation(tmp_path / "vis" / "a.png", image, label, pred, val_set.palette)
+    picture = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert picture.shape == (HEIGHT, 3 * WIDTH, 3)
+    rgb = picture[..., ::-1]
+    np.testing.assert_array_equal(rgb[:, WIDTH:2 * WIDTH][label == IGNORE], 0)
+    scored = label != IGNORE
+    np.testing.assert_array_equal(
+        rgb[:, WIDTH:2 * WIDTH][scored], val_set.palette[label[scored]]
+    )
+
+
+def test_format_report_lists_classes_and_percentages():
+    result = {
+        "per_class_iou": [0.5, math.nan, 0.25],
+        "per_class_acc": [0.75, math.nan, 1.0],
+        "miou": 0.375,
+        "class_avg_acc": 0.875,
+        "global_acc": 0.8,
+        "classes": ["road", "sky", "car"],
+    }
+    lines = format_report(result, result["classes"]).splitlines()
+    assert lines[0].split() == ["class", "IoU", "acc"]
+    assert lines[2].split() == ["road", "50.0", "75.0"]
+    assert lines[3].split() == ["sky", "-", "-"]
+    assert lines[4].split() == ["car", "25.0", "100.0"]
+    text = "\n".join(lines)
+    assert "mIoU             37.5" in text
+    assert "class avg acc    87.5" in text
+    assert "global acc       80.0" in text
+
+
+def test_format_report_reads_results_written_as_json(tmp_path):
+    result = {
+        "per_class_iou": [math.nan, 1.0], "per_class_acc": [math.nan, 1.0], "miou": 1.0,
+        "class_avg_acc": 1.0, "global_acc": 1.0, "classes": ["a", "b"],
+    }
+    path = write_json_atomic(tmp_path / "r.json", result)
+    report = format_report(json.loads(path.read_text()))
+    assert report.splitlines()[2].split() == ["a", "-", "-"]
