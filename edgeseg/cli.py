@@ -123,6 +123,26 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    _quiet_tensorflow()
+    from edgeseg.converters.export import ExportRequest, export
+
+    report = export(ExportRequest(
+        model=args.model, format=args.format, quant=args.quant, out=args.out, calib=args.calib,
+        num_calib=args.num_calib, io=args.io, output=args.output, size=args.size,
+        val_data=args.val_data, num_val=args.num_val, max_miou_drop=args.max_miou_drop,
+        qat_epochs=args.qat_epochs,
+    ))
+    print(f"wrote {report['artifact']} ({report['artifact_bytes'] / 1e6:.2f} MB) in "
+          f"{report['convert_seconds']:.0f} s")
+    check = report["validation"]
+    if check:
+        print(f"validation on {check['num_images']} images of {check['data']}: pixel agreement "
+              f"{100 * check['pixel_agreement']:.2f}%, mIoU keras {100 * check['miou_keras']:.2f} "
+              f"-> export {100 * check['miou_export']:.2f} (drop {check['miou_drop_points']:.2f} points)")
+    return 0
+
+
 # --- parser -------------------------------------------------------------------------------------
 
 
@@ -191,6 +211,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the metrics to this JSON file")
     p.add_argument("--save-vis", help="write image | truth | prediction PNGs to this folder")
     p.set_defaults(func=cmd_eval)
+
+    from edgeseg.converters.formats import EXPORT_FORMATS, IO_TYPES, OUTPUTS, QUANT_MODES
+
+    p = sub.add_parser(
+        "export", help="export a .keras model to tflite / onnx / tensorrt / saved_model",
+        description="formats: " + "; ".join(
+            f"{f.name} ({f.suffix or 'folder'}): --quant {'/'.join(f.quant)}"
+            + (", needs an NVIDIA GPU" if f.needs_gpu else "") for f in EXPORT_FORMATS.values()),
+    )
+    p.add_argument("model", help="a .keras file (run.json beside it gives classes, size, data)")
+    p.add_argument("--format", choices=list(EXPORT_FORMATS), default="tflite")
+    p.add_argument("--quant", choices=QUANT_MODES, default="none")
+    p.add_argument("--calib", help="data spec for int8 calibration (default: the training data)")
+    p.add_argument("--num-calib", type=int, default=100)
+    p.add_argument("--io", choices=IO_TYPES, default="float32", help="int8 model input/output type")
+    p.add_argument("--output", choices=OUTPUTS, default="logits")
+    p.add_argument("--size", type=parse_size, help="input WxH (default: the training size)")
+    p.add_argument("--val-data", help="data spec for validation (default: --calib's)")
+    p.add_argument("--num-val", type=int, default=20)
+    p.add_argument("--max-miou-drop", type=float, help="fail if mIoU drops more (points)")
+    p.add_argument("--qat-epochs", type=int, default=2)
+    p.add_argument("--out", help="destination file")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

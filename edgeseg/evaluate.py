@@ -353,7 +353,7 @@ def evaluate(
     json_path: str | os.PathLike | None = None,
     batch_size: int = 8,
 ) -> dict:
-    """Scores a ``.keras`` model on a split of a dataset spec.
+    """Scores a ``.keras``, ``.tflite`` or ``.onnx`` model on a split of a dataset spec.
 
     The model runs at its input size (from the metadata beside it when the model has no static
     one, else at each image's size) with the normalisation in its metadata (default: RGB / 255).
@@ -382,27 +382,28 @@ def evaluate(
         edgeseg.data.DataError: a bad spec or dataset.
     """
     from edgeseg.data import open_dataset
+    from edgeseg.runtime import load_predictor
 
     model_path = Path(model_path).expanduser()
-    model = load_keras_model(model_path)
-    metadata = read_run_metadata(model_path) or {}
+    predictor = load_predictor(model_path)
+    metadata = predictor.metadata
     dataset = open_dataset(data_spec, split)
 
-    num_classes = _model_num_classes(model, metadata)
+    if predictor.format == "keras":
+        num_classes = _model_num_classes(predictor.model, metadata)
+    else:
+        num_classes = len(metadata["classes"]) if metadata.get("classes") else None
     if num_classes is not None and num_classes != dataset.num_classes:
         raise ValueError(
             f"model {model_path} predicts {num_classes} classes but dataset {data_spec!r} "
             f"({split}) has {dataset.num_classes} classes ({', '.join(dataset.classes)}); "
             "evaluate a model trained on this dataset's classes"
         )
-    input_size = _static_input_size(model) or _check_size(metadata.get("size"), "run size")
+    input_size = predictor.input_size or _check_size(metadata.get("size"), "run size")
     normalisation = metadata.get("normalisation") or DEFAULT_NORMALISATION
 
-    def predict_fn(x: np.ndarray) -> np.ndarray:
-        return np.asarray(model.predict_on_batch(x))
-
     scores = evaluate_predictor(
-        predict_fn,
+        predictor,
         dataset,
         input_size=input_size,
         normalisation=normalisation,
@@ -413,7 +414,8 @@ def evaluate(
     result = {
         **scores,
         "model": str(model_path),
-        "architecture": metadata.get("model", model.name),
+        "architecture": metadata.get("model", getattr(getattr(predictor, "model", None), "name", None)),
+        "format": predictor.format,
         "data": data_spec,
         "split": split,
         "input_size": list(input_size) if input_size is not None else None,

@@ -299,6 +299,7 @@ def train(config: TrainConfig, strategy=None) -> dict:
         epochs=config.epochs,
         initial_epoch=initial_epoch,
         steps_per_epoch=steps,
+        shuffle=False,  # the pipeline shuffles
         callbacks=[
             NaNGuard(),
             callback,

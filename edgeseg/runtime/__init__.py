@@ -1,0 +1,11 @@
+"""One predictor interface over .keras, .tflite and .onnx models.
+
+``load_predictor(path)`` returns a callable that takes a float32 batch (N, H, W, 3), already
+normalised as the model's metadata says, and returns what the model returns: logits or
+probabilities (N, H, W, K), or a label map (N, H, W). Loading a .tflite model imports LiteRT,
+NumPy and OpenCV only, never TensorFlow.
+"""
+
+from edgeseg.runtime.predictor import FORMATS_BY_SUFFIX, Predictor, load_predictor, read_metadata
+
+__all__ = ["FORMATS_BY_SUFFIX", "Predictor", "load_predictor", "read_metadata"]

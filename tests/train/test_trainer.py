@@ -1,0 +1,156 @@
+"""The trainer: resume after kill -9, NaN stop, transfer learning, MirroredStrategy, eval."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from edgeseg.data import write_synthetic  # noqa: E402
+
+TINY = ["--option", "filters=4", "--option", "depth=2", "--option", "dropout=0"]
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory) -> Path:
+    return write_synthetic(tmp_path_factory.mktemp("synth"), n_train=12, n_val=4, size=(64, 48), seed=3)
+
+
+def edgeseg_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "edgeseg.cli", *args]
+
+
+def train_args(root: Path, out: Path, epochs: int, steps: int) -> list[str]:
+    return [
+        "train", "--model", "unet", *TINY, "--data", f"synthetic:{root}", "--size", "48x32",
+        "--epochs", str(epochs), "--steps-per-epoch", str(steps), "--batch", "2",
+        "--optimizer", "adam", "--lr", "1e-3", "--weight-map", "off", "--elastic", "off",
+        "--out", str(out), "--quiet",
+    ]
+
+
+def epochs_done(out: Path) -> int:
+    try:
+        return len(json.loads((out / "run.json").read_text())["epochs"])
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return 0
+
+
+@pytest.mark.slow
+def test_kill_9_mid_epoch_then_resume_loses_no_finished_epoch(synthetic_root, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    process = subprocess.Popen(
+        edgeseg_command(*train_args(synthetic_root, out, epochs=3, steps=40)),
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    deadline = time.time() + 400
+    while epochs_done(out) < 1 and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert epochs_done(out) == 1, process.stdout.read().decode()[-3000:] if process.poll() else ""
+    time.sleep(0.5)  # into the second epoch
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    first = json.loads((out / "run.json").read_text())
+    assert len(first["epochs"]) == 1  # killed before epoch 2 finished
+
+    # The same command without --resume refuses to overwrite the run.
+    refused = subprocess.run(edgeseg_command(*train_args(synthetic_root, out, 3, 40)),
+                             env=env, capture_output=True, text=True)
+    assert refused.returncode != 0 and "--resume" in refused.stderr
+
+    resumed = subprocess.run(
+        edgeseg_command(*train_args(synthetic_root, out, 3, 40), "--resume"),
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout and "after epoch 1" in resumed.stdout
+    record = json.loads((out / "run.json").read_text())
+    assert [e["epoch"] for e in record["epochs"]] == [1, 2, 3]
+    assert record["epochs"][0] == first["epochs"][0]  # the finished epoch is kept as it was
+    assert all(math.isfinite(e["loss"]) for e in record["epochs"])
+    assert (out / "best.keras").is_file() and (out / "last.keras").is_file()
+    assert (out / "tensorboard").is_dir()
+
+    # edgeseg eval on the best model agrees with the trainer's own validation of that epoch.
+    report = tmp_path / "eval.json"
+    evaluated = subprocess.run(
+        edgeseg_command("eval", str(out / "best.keras"), "--data", f"synthetic:{synthetic_root}",
+                        "--json", str(report)),
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    best_epoch = record["best"]["epoch"]
+    trainer_miou = record["epochs"][best_epoch - 1]["miou"]
+    # Evaluation resizes with OpenCV, the trainer's pipeline with tf.image: nearly the same pixels.
+    assert json.loads(report.read_text())["miou"] == pytest.approx(trainer_miou, abs=0.05)
+
+
+def test_a_nan_loss_stops_training_with_a_clear_message():
+    import keras
+
+    from edgeseg.train.trainer import NaNGuard, TrainingError
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = np.ones((8, 4), np.float32)
+    x[5] = np.nan  # the second batch of 4 has a NaN input, so a NaN loss
+    y = np.zeros(8, np.int32)
+    with pytest.raises(TrainingError, match=r"loss became nan at batch 1 of epoch 1.*--lr"):
+        model.fit(x, y, batch_size=4, epochs=1, shuffle=False, callbacks=[NaNGuard()], verbose=0)
+
+
+def test_transfer_learning_copies_all_but_the_resized_classifier():
+    from edgeseg.models import build
+    from edgeseg.train.trainer import replace_classifier
+
+    source = build("unet", 7, (32, 48, 3), filters=4, depth=2)
+    target = build("unet", 3, (32, 48, 3), filters=4, depth=2)
+    fresh_classifier = [w.copy() for w in target.get_layer("classifier").get_weights()]
+    copied = replace_classifier(source, target)
+    assert copied == sum(1 for layer in source.layers if layer.weights) - 1
+    for layer in target.layers:
+        if layer.weights and layer.name != "classifier":
+            for a, b in zip(layer.get_weights(), source.get_layer(layer.name).get_weights(),
+                            strict=True):
+                np.testing.assert_array_equal(a, b)
+    for a, b in zip(target.get_layer("classifier").get_weights(), fresh_classifier, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+MIRRORED = """
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from edgeseg.train.trainer import TrainConfig, train
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+config = TrainConfig(model="unet", data=sys.argv[1], out=sys.argv[2], size=(48, 32), epochs=1,
+                     batch=2, optimizer="adam", lr=1e-3, weight_map=False, elastic=False,
+                     steps_per_epoch=3, model_options={"filters": 4, "depth": 2}, verbose=0)
+record = train(config, strategy=strategy)
+print(json.dumps({"replicas": strategy.num_replicas_in_sync, "loss": record["epochs"][0]["loss"]}))
+"""
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_step_on_two_logical_cpus(synthetic_root, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", MIRRORED, f"synthetic:{synthetic_root}", str(tmp_path / "m")],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["replicas"] == 2
+    assert math.isfinite(summary["loss"])
