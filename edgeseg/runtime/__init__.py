@@ -7,5 +7,13 @@ NumPy and OpenCV only, never TensorFlow.
 """
 
 from edgeseg.runtime.predictor import FORMATS_BY_SUFFIX, Predictor, load_predictor, read_metadata
+from edgeseg.runtime.segmenter import Segmenter, default_palette
 
-__all__ = ["FORMATS_BY_SUFFIX", "Predictor", "load_predictor", "read_metadata"]
+__all__ = [
+    "FORMATS_BY_SUFFIX",
+    "Predictor",
+    "Segmenter",
+    "default_palette",
+    "load_predictor",
+    "read_metadata",
+]

@@ -292,7 +292,8 @@ def train(config: TrainConfig, strategy=None) -> dict:
     if initial_epoch:
         print(f"resuming {out} after epoch {initial_epoch}")
 
-    callback = EpochRecorder(record, record_path, last_path, best_path, val_tf, num_classes)
+    callback = EpochRecorder(record, record_path, last_path, best_path, val_tf, num_classes,
+                             images_per_epoch=steps * global_batch)
     started = time.time()
     model.fit(
         train_tf,
@@ -336,8 +337,10 @@ class NaNGuard(_keras_callback_base()):
 class EpochRecorder(_keras_callback_base()):
     """At each epoch's end: validation metrics, last / best models and run.json, atomically."""
 
-    def __init__(self, record, record_path, last_path, best_path, val_tf, num_classes):
+    def __init__(self, record, record_path, last_path, best_path, val_tf, num_classes,
+                 images_per_epoch: int):
         super().__init__()
+        self.images_per_epoch = images_per_epoch
         self.record = record
         self.record_path = record_path
         self.last_path = last_path
@@ -350,11 +353,14 @@ class EpochRecorder(_keras_callback_base()):
         self.epoch_started = time.time()
 
     def on_epoch_end(self, epoch, logs=None):
+        train_seconds = time.time() - self.epoch_started
         metrics = evaluate_dataset(self.model, self.val_tf, self.num_classes)
         entry = {
             "epoch": epoch + 1,
             "loss": float((logs or {}).get("loss", float("nan"))),
             "seconds": time.time() - self.epoch_started,
+            # The first epoch includes tracing the training graph.
+            "train_images_per_second": self.images_per_epoch / train_seconds,
             **{k: metrics[k] for k in ("miou", "class_avg_acc", "global_acc", "per_class_iou")},
         }
         # Models first, then the record: a record never names an epoch whose model is missing.

@@ -50,11 +50,23 @@ def trained_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
     write_synthetic(root, n_train=12, n_val=6, size=(64, 48), seed=5)
     out = tmp_path_factory.mktemp("run")
-    train(TrainConfig(
-        model="unet", data=f"synthetic:{root}", out=str(out), size=(64, 48), epochs=2, batch=4,
-        optimizer="adam", lr=3e-3, weight_map=False, elastic=False, steps_per_epoch=15,
-        model_options={"filters": 8, "depth": 2, "dropout": 0.0}, verbose=0,
-    ))
+    train(
+        TrainConfig(
+            model="unet",
+            data=f"synthetic:{root}",
+            out=str(out),
+            size=(64, 48),
+            epochs=2,
+            batch=4,
+            optimizer="adam",
+            lr=3e-3,
+            weight_map=False,
+            elastic=False,
+            steps_per_epoch=15,
+            model_options={"filters": 8, "depth": 2, "dropout": 0.0},
+            verbose=0,
+        )
+    )
     return out
 
 
@@ -90,8 +102,17 @@ def test_int8_export_with_uint8_io_and_a_failing_drop_threshold(trained_run, tmp
 
     out = tmp_path / "model_int8.tflite"
     with pytest.raises(ExportValidationError, match="mIoU dropped"):
-        export(ExportRequest(model=str(trained_run / "best.keras"), quant="int8", io="uint8",
-                             out=str(out), num_calib=12, num_val=6, max_miou_drop=-100))
+        export(
+            ExportRequest(
+                model=str(trained_run / "best.keras"),
+                quant="int8",
+                io="uint8",
+                out=str(out),
+                num_calib=12,
+                num_val=6,
+                max_miou_drop=-100,
+            )
+        )
     report = json.loads((tmp_path / "model_int8.tflite.report.json").read_text())
     assert report["passed"] is False
     assert report["validation"]["pixel_agreement"] > 0.8
@@ -100,7 +121,9 @@ def test_int8_export_with_uint8_io_and_a_failing_drop_threshold(trained_run, tmp
     assert detail["dtype"] == np.uint8
 
 
-def test_an_interrupted_export_leaves_no_file_at_the_destination(trained_run, tmp_path, monkeypatch):
+def test_an_interrupted_export_leaves_no_file_at_the_destination(
+    trained_run, tmp_path, monkeypatch
+):
     from edgeseg.converters import export as export_module
 
     def failing_convert(request, model, calibration, train_spec, tmp):
@@ -110,8 +133,9 @@ def test_an_interrupted_export_leaves_no_file_at_the_destination(trained_run, tm
     monkeypatch.setattr(export_module, "_convert", failing_convert)
     out = tmp_path / "model.tflite"
     with pytest.raises(KeyboardInterrupt):
-        export_module.export(export_module.ExportRequest(model=str(trained_run / "best.keras"),
-                                                         out=str(out)))
+        export_module.export(
+            export_module.ExportRequest(model=str(trained_run / "best.keras"), out=str(out))
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -152,9 +176,18 @@ def test_exported_tflite_runs_where_tensorflow_is_not_importable(trained_run, tm
     x = np.random.default_rng(0).random((1, 48, 64, 3), dtype=np.float32)
     np.save(tmp_path / "x.npy", x)
     result = subprocess.run(
-        [sys.executable, "-c", NO_TENSORFLOW, str(out), str(tmp_path / "x.npy"),
-         str(tmp_path / "y.npy")],
-        capture_output=True, text=True, env={**os.environ}, timeout=120,
+        [
+            sys.executable,
+            "-c",
+            NO_TENSORFLOW,
+            str(out),
+            str(tmp_path / "x.npy"),
+            str(tmp_path / "y.npy"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
