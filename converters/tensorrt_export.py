@@ -126,8 +126,8 @@ def tensorrt_type_issues(proto) -> tuple[list[str], list[str]]:
 
     Returns:
         ``(unsupported, warnings)``. Unsupported: float64 tensors (TensorRT clamps them to
-        float32), types it has no equivalent for (strings, complex, int16, unsigned but uint8)
-        and uint8 anywhere but a network input or output. Warnings: int64 graph inputs and
+        float32), types it has no equivalent for (strings, complex, int16, unsigned other than
+        uint8) and uint8 anywhere but a network input or output. Warnings: int64 graph inputs and
         outputs, Casts to int64 and int64 initializers used as data rather than as shapes,
         axes or pads: TensorRT 10 computes int64, TensorRT 8.x casts it down to int32.
     """
@@ -463,6 +463,11 @@ def _check_precision(precision: str) -> None:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
 
 
+def default_calibration_cache(engine_path: str | os.PathLike) -> Path:
+    """Where ``trtexec_command`` looks for the INT8 calibration table: ``<engine_path>.calib``."""
+    return Path(f"{os.fspath(engine_path)}.calib")
+
+
 def trtexec_command(
     onnx_path: str | os.PathLike,
     engine_path: str | os.PathLike,
@@ -474,17 +479,16 @@ def trtexec_command(
     with TensorRT but no Python bindings).
 
     INT8 also enables FP16, as ``build_engine`` does, so that layers without an INT8 kernel run
-    in half rather than single precision; it needs a calibration cache (``EntropyCalibrator``
-    writes one), as trtexec would otherwise calibrate with random ranges.
+    in half rather than single precision. It reads the calibration table ``calib_cache``
+    (default: ``<engine_path>.calib``), which an ``EntropyCalibrator`` with that ``cache_path``
+    writes; the file must exist when trtexec runs.
     """
     _check_precision(precision)
     if isinstance(workspace_mb, bool) or not isinstance(workspace_mb, int) or workspace_mb < 1:
         raise ValueError(f"workspace_mb must be a positive integer, got {workspace_mb!r}")
     if precision == "int8" and calib_cache is None:
-        raise ValueError(
-            "an int8 engine needs calib_cache: trtexec without --calib uses placeholder ranges "
-            "(fine for timing, wrong for accuracy); write one with EntropyCalibrator"
-        )
+        # Never leave --calib out: trtexec would then use placeholder ranges (for timing only).
+        calib_cache = default_calibration_cache(engine_path)
     parts = [
         "trtexec",
         f"--onnx={shlex.quote(os.fspath(onnx_path))}",
@@ -540,12 +544,11 @@ def build_engine(
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     if not onnx_path.is_file():
         raise FileNotFoundError(f"ONNX model {onnx_path} does not exist")
-    calib_cache = getattr(calibrator, "cache_path", None) or "calibration.cache"
     command = trtexec_command(
         onnx_path,
         engine_path,
         precision,
-        calib_cache=calib_cache if precision == "int8" else None,
+        calib_cache=getattr(calibrator, "cache_path", None),
         workspace_mb=max(1, round(workspace_gb * 1024)),
     )
     trt = _import_tensorrt("building a TensorRT engine", f"build it with trtexec:\n  {command}")

@@ -289,7 +289,7 @@ def _check_segmentation_model(model, num_classes: int) -> int:
             f"output; this one has {len(graph.inputs)} inputs and {len(graph.outputs)} outputs"
         )
     image, scores = graph.tensors[graph.inputs[0]], graph.tensors[graph.outputs[0]]
-    in_shape, out_shape = list(image.shape), list(scores.shape)
+    in_shape, out_shape = [int(d) for d in image.shape], [int(d) for d in scores.shape]
     if len(in_shape) != 4 or in_shape[3] != 3:
         raise ValueError(f"expected an RGB image input (1, H, W, 3); got shape {in_shape}")
     if len(out_shape) != 4 or out_shape[3] != num_classes:
