@@ -105,6 +105,7 @@ def cmd_train(args) -> int:
         steps_per_epoch=args.steps_per_epoch, model_options=parse_options(args.option),
         init_from=args.init_from, resume=args.resume, skip_bad=args.skip_bad, seed=args.seed,
         mixed_precision=args.mixed_precision, verbose=0 if args.quiet else 1,
+        max_minutes=args.max_minutes,
     )
     record = train(config)
     best = record.get("best") or {}
@@ -200,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mixed-precision", choices=["auto", "on", "off"], default="auto")
+    p.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this budget")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 

@@ -62,6 +62,7 @@ class TrainConfig:
     skip_bad: bool = False
     seed: int = 0
     mixed_precision: str = "auto"  # "auto" (on GPUs), "on", "off"
+    max_minutes: float | None = None  # stop after the epoch that passes this budget
     verbose: int = 1
 
     def resolved(self) -> TrainConfig:
@@ -304,6 +305,7 @@ def train(config: TrainConfig, strategy=None) -> dict:
         callbacks=[
             NaNGuard(),
             callback,
+            TimeBudget(config.max_minutes),
             keras.callbacks.TensorBoard(str(out / "tensorboard"), update_freq="epoch"),
         ],
         verbose=config.verbose,
@@ -332,6 +334,20 @@ class NaNGuard(_keras_callback_base()):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
+
+
+class TimeBudget(_keras_callback_base()):
+    """Ends training after the first epoch that finishes past ``minutes`` (None: no budget)."""
+
+    def __init__(self, minutes: float | None):
+        super().__init__()
+        self.minutes = minutes
+        self.started = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.minutes is not None and time.time() - self.started > 60 * self.minutes:
+            print(f"time budget of {self.minutes:g} min reached after epoch {epoch + 1}")
+            self.model.stop_training = True
 
 
 class EpochRecorder(_keras_callback_base()):
@@ -374,5 +390,6 @@ class EpochRecorder(_keras_callback_base()):
         print(
             f"\nepoch {epoch + 1}: loss {entry['loss']:.4f}  val mIoU {100 * entry['miou']:.1f}  "
             f"class acc {100 * entry['class_avg_acc']:.1f}  global acc "
-            f"{100 * entry['global_acc']:.1f}  ({entry['seconds']:.0f} s)"
+            f"{100 * entry['global_acc']:.1f}  ({entry['seconds']:.0f} s)",
+            flush=True,
         )
