@@ -144,6 +144,15 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_quickstart(args) -> int:
+    _quiet_tensorflow()
+    from edgeseg.quickstart import quickstart
+
+    summary = quickstart(args.out, train_minutes=args.train_minutes)
+    failed = [name for name, step in summary["steps"].items() if "error" in step]
+    return 1 if failed else 0
+
+
 # --- parser -------------------------------------------------------------------------------------
 
 
@@ -153,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"edgeseg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("quickstart", help="synthetic data -> train ENet -> export -> bench -> demo")
+    p.add_argument("--out", default="runs/quickstart")
+    p.add_argument("--train-minutes", type=float, default=3.0)
+    p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("models", help="list the models in the zoo")
     p.set_defaults(func=cmd_models)
