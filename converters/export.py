@@ -233,15 +233,16 @@ def export(request: ExportRequest) -> dict:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if request.format == "tflite":
-        try:
-            from edgeseg.converters.tflite_metadata import embed_metadata
+        from edgeseg.converters.tflite_metadata import MediaPipeIncompatibleError, embed_metadata
 
+        try:
             blob = embed_metadata(out.read_bytes(), sidecar)
             tmp = atomic_destination(out)
             tmp.write_bytes(blob)
             os.replace(tmp, out)
             sidecar["embedded_metadata"] = True
-        except ImportError as error:
+        except MediaPipeIncompatibleError as error:
+            # int8 input or a mask output: LiteRT runs it, MediaPipe's segmenter cannot.
             sidecar["embedded_metadata"] = f"not embedded: {error}"
     sidecar_path = out.with_name(out.name + ".json")
     write_json_atomic(sidecar_path, sidecar)

@@ -59,6 +59,12 @@ _TFLITE_UINT8 = 3
 _TFLITE_TYPE_NAMES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 9: "int8"}
 
 
+class MediaPipeIncompatibleError(ValueError):
+    """The model is valid but not one MediaPipe's ImageSegmenter can run as it is (a mask output,
+    an int8 input, a uint8 input whose quantisation is not the normalisation); the sidecar JSON
+    still describes it."""
+
+
 # --- the edgeseg metadata ------------------------------------------------------------------------
 
 
@@ -79,6 +85,8 @@ def build_metadata(
         classes: class names, index = class id.
         input_size: (width, height) in pixels.
         output: what the model returns: ``"logits"``, ``"probs"`` or ``"mask"``.
+        quant, io_type: as given to ``convert_keras_to_tflite`` (``io_type`` is recorded as
+            ``"io"``, as the exporter's sidecar does).
         palette: one RGB colour per class, for drawing masks.
         normalisation: ``{"mean": [...], "std": [...]}`` (x = (image - mean) / std) or
             ``{"scale": s, "offset": o}`` (x = image * s + o); default x = image / 255.
@@ -91,9 +99,7 @@ def build_metadata(
     if not classes:
         raise ValueError("classes is empty: a segmentation model needs at least one class name")
     if palette is not None and len(palette) != len(classes):
-        raise ValueError(
-            f"palette has {len(palette)} colours but there are {len(classes)} classes"
-        )
+        raise ValueError(f"palette has {len(palette)} colours but there are {len(classes)} classes")
     width, height = (int(v) for v in input_size)
     return {
         "model": str(model),
@@ -103,7 +109,7 @@ def build_metadata(
         "normalisation": dict(normalisation or DEFAULT_NORMALISATION),
         "output": output,
         "quant": quant,
-        "io_type": io_type,
+        "io": io_type,
         "edgeseg_version": edgeseg.__version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -126,8 +132,10 @@ def normalisation_mean_std(normalisation: dict[str, Any]) -> tuple[list[float], 
     mean = np.atleast_1d(np.asarray(mean, dtype=np.float64))
     std = np.atleast_1d(np.asarray(std, dtype=np.float64))
     if mean.ndim != 1 or std.ndim != 1 or len(mean) != len(std):
-        raise ValueError(f"normalisation mean {mean.tolist()} and std {std.tolist()} must be lists "
-                         "of the same length (one value, or one per channel)")
+        raise ValueError(
+            f"normalisation mean {mean.tolist()} and std {std.tolist()} must be lists "
+            "of the same length (one value, or one per channel)"
+        )
     if np.any(std == 0):
         raise ValueError(f"normalisation std must not be 0; got {std.tolist()}")
     return mean.tolist(), std.tolist()
@@ -192,9 +200,11 @@ def embed_metadata(tflite_bytes: bytes, metadata: dict[str, Any]) -> bytes:
     NONE for probs). Metadata already in the model is replaced.
 
     Raises:
-        ValueError: the model is not one image in, per-class scores out (output ``"mask"``
-            models have no scores for MediaPipe to take the argmax of), or its input type or
-            quantisation does not fit the normalisation.
+        MediaPipeIncompatibleError: the model is not one RGB image in (float32, or uint8
+            quantised as the normalisation), per-class scores out; output ``"mask"`` models have
+            no scores for MediaPipe to take the argmax of.
+        ValueError: the bytes are not a TFLite model, or the class names do not match the
+            model's output channels.
     """
     from ai_edge_litert import schema_py_generated as schema
 
@@ -205,7 +215,7 @@ def embed_metadata(tflite_bytes: bytes, metadata: dict[str, Any]) -> bytes:
     classes = list(metadata.get("classes") or [])
     output = metadata.get("output", "logits")
     if output not in _ACTIVATION:
-        raise ValueError(
+        raise MediaPipeIncompatibleError(
             f"MediaPipe's ImageSegmenter needs per-class scores, so the model's output must be "
             f"'logits' or 'probs'; got {output!r} (export with output='logits' and take the "
             "argmax on the device)"
@@ -225,11 +235,16 @@ def embed_metadata(tflite_bytes: bytes, metadata: dict[str, Any]) -> bytes:
         normalisation=(mean, std) if input_type == _TFLITE_FLOAT32 else None,
         activation=_ACTIVATION[output],
     )
-    model.metadata = [m for m in model.metadata or [] if _name(m.name) != METADATA_BUFFER_NAME]
-    model.buffers.append(schema.BufferT(data=np.frombuffer(metadata_buffer, dtype=np.uint8)))
-    model.metadata.append(
-        schema.MetadataT(name=METADATA_BUFFER_NAME, buffer=len(model.buffers) - 1)
-    )
+    buffer = schema.BufferT(data=np.frombuffer(metadata_buffer, dtype=np.uint8))
+    model.metadata = model.metadata or []
+    existing = [m for m in model.metadata if _name(m.name) == METADATA_BUFFER_NAME]
+    if existing:  # replace the old metadata in place, so that no orphaned buffer stays behind
+        model.buffers[existing[0].buffer] = buffer
+    else:
+        model.buffers.append(buffer)
+        model.metadata.append(
+            schema.MetadataT(name=METADATA_BUFFER_NAME, buffer=len(model.buffers) - 1)
+        )
     model_bytes = _pack_model(model, schema)
 
     archive = io.BytesIO()
@@ -281,17 +296,21 @@ def _name(value) -> str:
 def _check_segmentation_model(model, num_classes: int) -> int:
     """Checks one (1, H, W, 3) image in and one (1, H, W, classes) output; returns input type."""
     if len(model.subgraphs) != 1:
-        raise ValueError(f"expected a model with one subgraph; got {len(model.subgraphs)}")
+        raise MediaPipeIncompatibleError(
+            f"expected a model with one subgraph; got {len(model.subgraphs)}"
+        )
     graph = model.subgraphs[0]
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
-        raise ValueError(
+        raise MediaPipeIncompatibleError(
             "MediaPipe's ImageSegmenter takes a model with one image input and one score "
             f"output; this one has {len(graph.inputs)} inputs and {len(graph.outputs)} outputs"
         )
     image, scores = graph.tensors[graph.inputs[0]], graph.tensors[graph.outputs[0]]
     in_shape, out_shape = [int(d) for d in image.shape], [int(d) for d in scores.shape]
     if len(in_shape) != 4 or in_shape[3] != 3:
-        raise ValueError(f"expected an RGB image input (1, H, W, 3); got shape {in_shape}")
+        raise MediaPipeIncompatibleError(
+            f"expected an RGB image input (1, H, W, 3); got shape {in_shape}"
+        )
     if len(out_shape) != 4 or out_shape[3] != num_classes:
         raise ValueError(
             f"expected per-class scores (1, H, W, {num_classes}) for the {num_classes} class "
@@ -299,7 +318,7 @@ def _check_segmentation_model(model, num_classes: int) -> int:
         )
     if image.type not in (_TFLITE_FLOAT32, _TFLITE_UINT8):
         got = _TFLITE_TYPE_NAMES.get(image.type, f"type {image.type}")
-        raise ValueError(
+        raise MediaPipeIncompatibleError(
             f"MediaPipe's ImageSegmenter takes float32 or uint8 image inputs; this model's input "
             f"is {got} (convert with io_type='uint8' or 'float32')"
         )
@@ -311,13 +330,14 @@ def _check_uint8_input_quantisation(model, mean: list[float], std: list[float]) 
     (p - mean) / std, or the model sees other values than it was trained on."""
     graph = model.subgraphs[0]
     quant = graph.tensors[graph.inputs[0]].quantization
-    scale = float(quant.scale[0]) if quant is not None and quant.scale is not None else 0.0
-    zero_point = int(quant.zeroPoint[0]) if quant is not None and quant.zeroPoint is not None else 0
+    has_scale = quant is not None and quant.scale is not None and len(quant.scale)
+    scale = float(quant.scale[0]) if has_scale else 0.0
+    zero_point = int(quant.zeroPoint[0]) if has_scale and quant.zeroPoint is not None else 0
     for m, s in zip(mean, std, strict=True):
-        # Over p in 0..255 the two maps differ by less than half a quantisation step.
+        # Over p in 0..255 the two maps differ by at most half a quantisation step (+1 % slack).
         worst = max(abs((p - zero_point) * scale - (p - m) / s) for p in (0, 255))
-        if not scale or worst > 0.5 * scale:
-            raise ValueError(
+        if not scale or worst > 0.505 * scale:
+            raise MediaPipeIncompatibleError(
                 f"the uint8 input is quantised with scale {scale:.6g} and zero point {zero_point}, "
                 f"but the normalisation is x = (pixel - {m:g}) / {s:g}, which needs scale "
                 f"{1 / s:.6g} and zero point {round(m):d}: MediaPipe feeds uint8 models the "
@@ -348,15 +368,25 @@ def _model_metadata_buffer(
         process_units = _vector(
             b, [_table(b, 2, [(0, "uint8", _PROCESS_UNIT_NORMALIZATION), (1, "offset", options)])]
         )
-        stats = _table(b, 2, [
-            (0, "offset", _floats(b, [(255.0 - m) / s for m, s in zip(mean, std, strict=True)])),
-            (1, "offset", _floats(b, [(0.0 - m) / s for m, s in zip(mean, std, strict=True)])),
-        ])
+        stats = _table(
+            b,
+            2,
+            [
+                (
+                    0,
+                    "offset",
+                    _floats(b, [(255.0 - m) / s for m, s in zip(mean, std, strict=True)]),
+                ),
+                (1, "offset", _floats(b, [(0.0 - m) / s for m, s in zip(mean, std, strict=True)])),
+            ],
+        )
     else:
         process_units = None
         stats = _table(b, 2, [(0, "offset", _floats(b, [255.0])), (1, "offset", _floats(b, [0.0]))])
     image_properties = _table(b, 2, [(0, "int8", _COLOR_SPACE_RGB)])
-    content = _table(b, 3, [(0, "uint8", _CONTENT_IMAGE_PROPERTIES), (1, "offset", image_properties)])
+    content = _table(
+        b, 3, [(0, "uint8", _CONTENT_IMAGE_PROPERTIES), (1, "offset", image_properties)]
+    )
     input_fields = [
         (0, "offset", b.CreateString("image")),
         (1, "offset", b.CreateString("Input image to be segmented.")),
@@ -373,45 +403,66 @@ def _model_metadata_buffer(
     )
     value_range = _table(b, 2, [(0, "int32", 1), (1, "int32", 2)])
     mask_properties = _table(b, 2, [(0, "int8", _COLOR_SPACE_GRAYSCALE)])
-    mask_content = _table(b, 3, [
-        (0, "uint8", _CONTENT_IMAGE_PROPERTIES), (1, "offset", mask_properties),
-        (2, "offset", value_range),
-    ])
-    output_tensor = _table(b, 7, [
-        (0, "offset", b.CreateString("segmentation_masks")),
-        (1, "offset", b.CreateString("Per-pixel scores of each class.")),
-        (3, "offset", mask_content),
-        (5, "offset", _table(b, 2, [])),
-        (6, "offset", _vector(b, [labels])),
-    ])
+    mask_content = _table(
+        b,
+        3,
+        [
+            (0, "uint8", _CONTENT_IMAGE_PROPERTIES),
+            (1, "offset", mask_properties),
+            (2, "offset", value_range),
+        ],
+    )
+    output_tensor = _table(
+        b,
+        7,
+        [
+            (0, "offset", b.CreateString("segmentation_masks")),
+            (1, "offset", b.CreateString("Per-pixel scores of each class.")),
+            (3, "offset", mask_content),
+            (5, "offset", _table(b, 2, [])),
+            (6, "offset", _vector(b, [labels])),
+        ],
+    )
 
     # MediaPipe's segmenter options (image_segmenter_metadata_schema.fbs) as custom metadata.
     options_builder = flatbuffers.Builder(64)
     options_builder.Finish(
         _table(options_builder, 2, [(0, "int8", activation)]), _SEGMENTER_OPTIONS_FILE_IDENTIFIER
     )
-    custom = _table(b, 2, [
-        (0, "offset", b.CreateString(_SEGMENTER_OPTIONS_NAME)),
-        (1, "offset", _aligned_bytes(b, bytes(options_builder.Output()), 16)),
-    ])
+    custom = _table(
+        b,
+        2,
+        [
+            (0, "offset", b.CreateString(_SEGMENTER_OPTIONS_NAME)),
+            (1, "offset", _aligned_bytes(b, bytes(options_builder.Output()), 16)),
+        ],
+    )
 
-    subgraph = _table(b, 10, [
-        (2, "offset", _vector(b, [input_tensor])),
-        (3, "offset", _vector(b, [output_tensor])),
-        (9, "offset", _vector(b, [custom])),
-    ])
+    subgraph = _table(
+        b,
+        10,
+        [
+            (2, "offset", _vector(b, [input_tensor])),
+            (3, "offset", _vector(b, [output_tensor])),
+            (9, "offset", _vector(b, [custom])),
+        ],
+    )
     edgeseg_json = _associated_file(
         b, EMBEDDED_JSON_NAME, "edgeseg export metadata (JSON).", _FILE_UNKNOWN
     )
-    root = _table(b, 8, [
-        (0, "offset", b.CreateString(name)),
-        (1, "offset", b.CreateString(description)),
-        (2, "offset", b.CreateString(version)),
-        (3, "offset", _vector(b, [subgraph])),
-        (4, "offset", b.CreateString("edgeseg")),
-        (6, "offset", _vector(b, [edgeseg_json])),
-        (7, "offset", b.CreateString(_MIN_PARSER_VERSION)),
-    ])
+    root = _table(
+        b,
+        8,
+        [
+            (0, "offset", b.CreateString(name)),
+            (1, "offset", b.CreateString(description)),
+            (2, "offset", b.CreateString(version)),
+            (3, "offset", _vector(b, [subgraph])),
+            (4, "offset", b.CreateString("edgeseg")),
+            (6, "offset", _vector(b, [edgeseg_json])),
+            (7, "offset", b.CreateString(_MIN_PARSER_VERSION)),
+        ],
+    )
     b.Finish(root, _METADATA_FILE_IDENTIFIER)
     return bytes(b.Output())
 
@@ -457,11 +508,15 @@ def _aligned_bytes(b, data: bytes, alignment: int) -> int:
 
 
 def _associated_file(b, name: str, description: str, file_type: int) -> int:
-    return _table(b, 5, [
-        (0, "offset", b.CreateString(name)),
-        (1, "offset", b.CreateString(description)),
-        (2, "int8", file_type),
-    ])
+    return _table(
+        b,
+        5,
+        [
+            (0, "offset", b.CreateString(name)),
+            (1, "offset", b.CreateString(description)),
+            (2, "int8", file_type),
+        ],
+    )
 
 
 def _pack_model(model, schema) -> bytes:
@@ -489,7 +544,9 @@ def _pack_model(model, schema) -> bytes:
             "the model keeps its weights after the flatbuffer (buffer offsets, as in models over "
             "2 GB); embedding metadata would move them"
         )
-    model.buffers = [AlignedBuffer(buffer.data, buffer.offset, buffer.size) for buffer in model.buffers]
+    model.buffers = [
+        AlignedBuffer(buffer.data, buffer.offset, buffer.size) for buffer in model.buffers
+    ]
     b = flatbuffers.Builder(1024)
     b.Finish(model.Pack(b), _MODEL_FILE_IDENTIFIER)
     return bytes(b.Output())

@@ -86,6 +86,10 @@ def test_tflite_fp32_export_agrees_with_keras_and_eval_reads_it(trained_run, tmp
     sidecar = json.loads((tmp_path / "model.tflite.json").read_text())
     run = json.loads((trained_run / "run.json").read_text())
     assert sidecar["classes"] == run["classes"] and sidecar["size"] == [64, 48]
+    from edgeseg.converters.tflite_metadata import read_embedded_metadata
+
+    embedded = read_embedded_metadata(out.read_bytes())
+    assert embedded["classes"] == run["classes"] and embedded["model"] == "unet"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
     data = run["config"]["data"]

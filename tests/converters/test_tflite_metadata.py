@@ -12,6 +12,7 @@ import io
 import json
 import zipfile
 
+import flatbuffers
 import numpy as np
 import pytest
 
@@ -19,6 +20,7 @@ from edgeseg.converters.tflite_metadata import (
     DEFAULT_NORMALISATION,
     EMBEDDED_JSON_NAME,
     LABELS_FILE_NAME,
+    MediaPipeIncompatibleError,
     build_metadata,
     embed_metadata,
     normalisation_mean_std,
@@ -56,7 +58,7 @@ def test_build_metadata_records_the_export():
     )
     assert md["model"] == "unet" and md["classes"] == list(SYNTHETIC_CLASSES)
     assert md["input_size"] == [640, 480] and md["output"] == "probs"
-    assert md["quant"] == "int8" and md["io_type"] == "uint8"
+    assert md["quant"] == "int8" and md["io"] == "uint8"
     assert md["palette"] == [list(rgb) for rgb in SYNTHETIC_PALETTE]
     assert md["normalisation"] == DEFAULT_NORMALISATION
     assert md["edgeseg_version"] == edgeseg.__version__
@@ -136,10 +138,10 @@ def trained_model():
     y = np.stack(labels)
     model = build("unet", len(SYNTHETIC_CLASSES), (SIZE, SIZE, 3), filters=8, depth=2, dropout=0)
     model.compile(
-        keras.optimizers.Adam(3e-3),
+        keras.optimizers.Adam(1e-2),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255),
     )
-    model.fit(x, y, batch_size=8, epochs=40, verbose=0)
+    model.fit(x, y, batch_size=8, epochs=60, verbose=0)
     return model
 
 
@@ -308,10 +310,12 @@ def test_mediapipe_image_segmenter_matches_edgeseg_runtime(exported, io_type):
     with ImageSegmenter.create_from_options(options) as segmenter:
         assert segmenter.labels == list(SYNTHETIC_CLASSES)
         result = segmenter.segment(mp.Image(image_format=mp.ImageFormat.SRGB, data=image))
-    category = result.category_mask.numpy_view().reshape(SIZE, SIZE)
-    confidence = np.stack(
-        [m.numpy_view().reshape(SIZE, SIZE) for m in result.confidence_masks], axis=-1
-    )
+        # numpy_view() points into memory the result owns: copy while the result is alive.
+        category = np.array(result.category_mask.numpy_view()).reshape(SIZE, SIZE)
+        confidence = np.stack(
+            [np.array(m.numpy_view()).reshape(SIZE, SIZE) for m in result.confidence_masks],
+            axis=-1,
+        )
     # The segmenter applies the softmax that the metadata names to the scores edgeseg gets.
     np.testing.assert_allclose(confidence, softmax(scores), atol=1e-4)
     # Equal wherever the top two classes are not tied to within float rounding.
@@ -321,16 +325,29 @@ def test_mediapipe_image_segmenter_matches_edgeseg_runtime(exported, io_type):
 
 @pytest.mark.slow
 def test_embed_rejects_models_mediapipe_would_misread(exported):
+    from ai_edge_litert import schema_py_generated as schema
+
     raw_float, _, md = exported["float32"]
     raw_uint8 = exported["uint8"][0]
     with pytest.raises(
         ValueError, match=r"per-class scores \(1, H, W, 3\) .*output shape \[1, 64, 64, 7\]"
-    ):
+    ) as error:
         embed_metadata(raw_float, {**md, "classes": ["a", "b", "c"]})
-    with pytest.raises(ValueError, match="must be 'logits' or 'probs'; got 'mask'"):
+    assert not isinstance(error.value, MediaPipeIncompatibleError)  # a mistake, not a model kind
+    with pytest.raises(MediaPipeIncompatibleError, match="'logits' or 'probs'; got 'mask'"):
         embed_metadata(raw_float, {**md, "output": "mask"})
     # A uint8 model gets raw pixels from MediaPipe: its quantisation must match the normalisation.
-    with pytest.raises(ValueError, match=r"scale 0\.00392.* x = \(pixel - 127\.5\) / 127\.5"):
+    with pytest.raises(
+        MediaPipeIncompatibleError, match=r"scale 0\.00392.* x = \(pixel - 127\.5\) / 127\.5"
+    ):
         embed_metadata(raw_uint8, {**md, "normalisation": {"mean": [127.5], "std": [127.5]}})
+    # MediaPipe's image preprocessing feeds float32 or uint8 tensors only.
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(raw_uint8, 0))
+    graph = model.subgraphs[0]
+    graph.tensors[graph.inputs[0]].type = schema.TensorType.INT8
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), b"TFL3")
+    with pytest.raises(MediaPipeIncompatibleError, match="input is int8 .*io_type='uint8'"):
+        embed_metadata(bytes(builder.Output()), md)
     with pytest.raises(ValueError, match="not a TFLite flatbuffer"):
         embed_metadata(b"\0" * 64, md)

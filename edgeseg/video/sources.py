@@ -1,0 +1,710 @@
+"""Frame sources: cameras, streams, video files, image folders and synthetic scenes.
+
+``open_source(spec)`` returns a :class:`Source`: an iterator of uint8 RGB frames (H, W, 3) and a
+context manager. Files and folders are read in order, every frame. Live sources (cameras,
+streams, live synthetic scenes) are read by a background thread that keeps only the newest frame,
+so a slow consumer always gets a fresh frame; the frames it never saw are counted in
+``dropped``. A live source that stops delivering is reopened with exponential back-off
+(``reopened``). Frames that cannot be decoded, or that are empty or have the wrong shape, are
+skipped and counted in ``skipped``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import parse_qsl
+
+import cv2
+import numpy as np
+
+STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+# Options each kind of source accepts: name -> (default, help). This table drives validation,
+# the error for an unknown option and the spec documentation.
+_LIVE_OPTIONS = {
+    "retries": (10, "reopen attempts after the source fails before giving up (0: never reopen)"),
+    "retry_delay": (0.1, "seconds before the first reopen attempt; doubles each attempt"),
+    "retry_max_delay": (5.0, "longest wait between reopen attempts, in seconds"),
+}
+SOURCE_OPTIONS: dict[str, dict[str, tuple[Any, str]]] = {
+    "camera": {
+        "width": (None, "requested frame width in pixels"),
+        "height": (None, "requested frame height in pixels"),
+        "fps": (None, "requested frame rate"),
+        "fourcc": (None, "requested pixel format, e.g. MJPG (USB cameras: higher frame rates)"),
+        "buffer": (1, "frames the driver buffers (1: the newest frame, lowest latency)"),
+        **_LIVE_OPTIONS,
+    },
+    "stream": {
+        "timeout": (10.0, "seconds to wait when opening or reading before the read fails"),
+        "live": (True, "0 reads a remote file in order instead, with no drops or reopening"),
+        **_LIVE_OPTIONS,
+    },
+    "video": {
+        "live": (False, "1 plays the file at its frame rate like a camera (dropping frames)"),
+        **_LIVE_OPTIONS,
+    },
+    "folder": {},
+    "synthetic": {
+        "size": ((640, 360), "frame size WIDTHxHEIGHT"),
+        "fps": (30.0, "frame rate of the live mode"),
+        "frames": (None, "number of frames (default: endless)"),
+        "seed": (0, "chooses the scene"),
+        "objects": (None, "number of moving objects (default: chosen by the seed)"),
+        "live": (True, "1: paced at fps by a thread, stale frames dropped; 0: every frame"),
+        **_LIVE_OPTIONS,
+    },
+}
+
+SOURCE_SPECS = """\
+  0, 1, ...                 camera by index (Linux: /dev/video0, ...)
+  /dev/video2               camera by device path
+  rtsp://host/path          network stream (rtsp, rtsps, rtmp, http, https, udp, tcp, srt)
+  clip.mp4                  video file, every frame in order (clip.mp4?live=1: paced like a camera)
+  frames/ or 'frames/*.png' image folder or glob, in natural order (frame2 before frame10)
+  synthetic                 moving synthetic scenes, e.g. synthetic?size=640x360&fps=30&frames=300
+                            (live=0: every frame, no pacing, no drops)
+Options follow '?' as key=value pairs joined by '&' (not for URLs, whose query belongs to the
+URL: pass options as keyword arguments there), or as keyword arguments of open_source."""
+
+
+class SourceError(RuntimeError):
+    """A source could not be opened, or failed and could not be reopened."""
+
+
+class VideoCaptureLike(Protocol):
+    """What a source needs of ``cv2.VideoCapture`` (fakes in tests implement the same)."""
+
+    def isOpened(self) -> bool: ...  # noqa: N802 (OpenCV's name)
+
+    def read(self) -> tuple[bool, np.ndarray | None]: ...
+
+    def release(self) -> None: ...
+
+
+CaptureFactory = Callable[[Any], VideoCaptureLike]
+"""Opens a capture for a target: a camera index (int), a device path, a file path or a URL."""
+
+
+class _EndOfStream(Exception):
+    """Raised by a capture's read when its stream has ended normally (not a failure)."""
+
+
+# ----------------------------------------------------------------------------------- frames
+
+
+def to_rgb_frame(frame: Any, bgr: bool = True) -> np.ndarray | None:
+    """A valid uint8 RGB (H, W, 3) frame, or None if ``frame`` is empty or malformed.
+
+    Grey (H, W) and BGRA / RGBA (H, W, 4) frames are converted; anything else (None, size 0,
+    other ranks or channel counts, other dtypes) is not a frame.
+    """
+    if not isinstance(frame, np.ndarray) or frame.size == 0 or frame.dtype != np.uint8:
+        return None
+    if frame.ndim == 2:
+        return cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)
+    if frame.ndim != 3 or min(frame.shape[:2]) < 1:
+        return None
+    channels = frame.shape[2]
+    if channels == 3:
+        return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) if bgr else np.ascontiguousarray(frame)
+    if channels == 4:
+        return cv2.cvtColor(frame, cv2.COLOR_BGRA2RGB if bgr else cv2.COLOR_RGBA2RGB)
+    if channels == 1:
+        return cv2.cvtColor(frame[:, :, 0], cv2.COLOR_GRAY2RGB)
+    return None
+
+
+def _natural_key(path: str) -> list:
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path)]
+
+
+def list_video_devices() -> list[str]:
+    """The camera device nodes of this machine (/dev/video*, Linux only), in natural order."""
+    return sorted(glob.glob("/dev/video*"), key=_natural_key)
+
+
+# ----------------------------------------------------------------------------------- base
+
+
+class Source:
+    """An iterator of uint8 RGB frames (H, W, 3), and a context manager that closes it.
+
+    Attributes:
+        spec: what was opened, as given.
+        live: True where frames arrive in real time and stale ones are dropped.
+        fps: the nominal frame rate where known, else None.
+        frames: frames delivered so far.
+        dropped: live frames replaced by a newer one before anybody read them.
+        skipped: frames that could not be decoded, or were empty or malformed.
+        reopened: times a failed live source was opened again.
+    """
+
+    live = False
+
+    def __init__(self, spec: str):
+        self.spec = spec
+        self.fps: float | None = None
+        self.frames = 0
+        self.dropped = 0
+        self.skipped = 0
+        self.reopened = 0
+        self.closed = False
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return self
+
+    def __next__(self) -> np.ndarray:
+        if self.closed:
+            raise StopIteration
+        frame = self._next_frame()
+        self.frames += 1
+        return frame
+
+    def _next_frame(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.closed = True
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def stats(self) -> dict:
+        """The counters, for a summary."""
+        return {
+            "frames": self.frames,
+            "dropped": self.dropped,
+            "skipped": self.skipped,
+            "reopened": self.reopened,
+        }
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.spec!r})"
+
+
+# ----------------------------------------------------------------------------------- in order
+
+
+class VideoFileSource(Source):
+    """A video file (or a remote file with ``live=0``) read in order, every decodable frame.
+
+    A truncated or damaged file ends at its last decodable frame.
+    """
+
+    # A decoder that keeps returning unusable frames is not going to recover.
+    max_consecutive_skips = 100
+
+    def __init__(self, spec: str, target: str, capture_factory: CaptureFactory):
+        super().__init__(spec)
+        self.target = target
+        self._capture = capture_factory(target)
+        if not self._capture.isOpened():
+            self._capture.release()
+            raise SourceError(f"cannot open video {target}: not a video OpenCV can decode here")
+        fps = _capture_fps(self._capture)
+        self.fps = fps
+
+    def _next_frame(self) -> np.ndarray:
+        bad_in_a_row = 0
+        while True:
+            try:
+                ok, frame = self._capture.read()
+            except cv2.error:
+                ok, frame = False, None
+            if not ok:
+                raise StopIteration
+            rgb = to_rgb_frame(frame)
+            if rgb is not None:
+                return rgb
+            self.skipped += 1
+            bad_in_a_row += 1
+            if bad_in_a_row >= self.max_consecutive_skips:
+                raise StopIteration
+
+    def close(self) -> None:
+        if not self.closed:
+            self._capture.release()
+        super().close()
+
+
+class ImageFolderSource(Source):
+    """The images of a folder (or a glob pattern) in natural order; unreadable ones are skipped."""
+
+    def __init__(self, spec: str, paths: list[str]):
+        super().__init__(spec)
+        self.paths = paths
+        self._index = 0
+
+    def _next_frame(self) -> np.ndarray:
+        while self._index < len(self.paths):
+            path = self.paths[self._index]
+            self._index += 1
+            rgb = _read_image(path)
+            if rgb is not None:
+                return rgb
+            self.skipped += 1
+        raise StopIteration
+
+
+def _read_image(path: str) -> np.ndarray | None:
+    """An image file as RGB, or None where it is empty, unreadable or not an image."""
+    try:
+        data = np.fromfile(path, np.uint8)  # np.fromfile + imdecode: any path encoding
+    except OSError:
+        return None
+    if data.size == 0:
+        return None
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except cv2.error:
+        return None
+    return to_rgb_frame(image)
+
+
+class SyntheticSource(Source):
+    """Every frame of a :class:`edgeseg.data.SceneSequence`, unpaced (``live=0``)."""
+
+    def __init__(self, spec: str, size, seed: int, objects: int | None, frames: int | None,
+                 fps: float):
+        super().__init__(spec)
+        self._scenes = _SceneCapture(size, seed, objects, frames)
+        self.fps = fps
+
+    def _next_frame(self) -> np.ndarray:
+        try:
+            return self._scenes.read()[1]
+        except _EndOfStream:
+            raise StopIteration from None
+
+
+class _SceneCapture:
+    """Synthetic scenes behind the capture interface (RGB frames)."""
+
+    def __init__(self, size, seed: int, objects: int | None, frames: int | None):
+        from edgeseg.data.synthetic import SceneSequence
+
+        self._sequence = SceneSequence(seed=seed, size=size, objects=objects)
+        self._limit = frames
+        self._t = 0
+
+    def isOpened(self) -> bool:  # noqa: N802
+        return True
+
+    def read(self) -> tuple[bool, np.ndarray]:
+        if self._limit is not None and self._t >= self._limit:
+            raise _EndOfStream
+        image = self._sequence.frame(self._t)[0]
+        self._t += 1
+        return True, image
+
+    def release(self) -> None:
+        pass
+
+
+# ----------------------------------------------------------------------------------- live
+
+
+class LiveSource(Source):
+    """A source read by a background thread that keeps only the newest frame.
+
+    The first open happens in the constructor, so that a missing device fails at once. When a
+    read fails (returns False or raises), the capture is released and opened again after
+    ``retry_delay`` seconds, doubling up to ``retry_max_delay``, at most ``retries`` times in a
+    row; a successful reopen counts in ``reopened``. When the attempts run out, iterating raises
+    :class:`SourceError`.
+
+    Args:
+        spec: what was opened, for messages.
+        open_capture: opens a new capture (called again to reopen).
+        describe: names the source in messages ("camera 0 (/dev/video0)").
+        bgr: whether the capture's frames are BGR (OpenCV) rather than RGB.
+        pace: frames per second to pace reads at (for files and synthetic scenes, which would
+            otherwise be read as fast as they decode); None for real devices.
+    """
+
+    live = True
+
+    def __init__(
+        self,
+        spec: str,
+        open_capture: Callable[[], VideoCaptureLike],
+        describe: str,
+        bgr: bool = True,
+        pace: float | None = None,
+        retries: int | None = 10,
+        retry_delay: float = 0.1,
+        retry_max_delay: float = 5.0,
+        fps: float | None = None,
+    ):
+        super().__init__(spec)
+        self.describe = describe
+        self.retries = retries
+        self.retry_delay = float(retry_delay)
+        self.retry_max_delay = float(retry_max_delay)
+        self._open_capture = open_capture
+        self._bgr = bgr
+        self._pace = pace
+        self._latest: np.ndarray | None = None
+        self._finished = False
+        self._error: SourceError | None = None
+        self._condition = threading.Condition()
+        self._stop = threading.Event()
+        capture = open_capture()
+        if not capture.isOpened():
+            capture.release()
+            raise SourceError(f"cannot open {describe}")
+        self.fps = fps if fps is not None else (pace or _capture_fps(capture))
+        self._thread = threading.Thread(
+            target=self._read_loop, args=(capture,), name=f"edgeseg-source-{spec}", daemon=True
+        )
+        self._thread.start()
+
+    # --- the reader thread ----------------------------------------------------------------------
+
+    def _read_loop(self, capture: VideoCaptureLike) -> None:
+        start, count = time.perf_counter(), 0
+        try:
+            while not self._stop.is_set():
+                if self._pace:
+                    delay = start + count / self._pace - time.perf_counter()
+                    if delay > 0 and self._stop.wait(delay):
+                        break
+                try:
+                    ok, frame = capture.read()
+                except _EndOfStream:
+                    break
+                except Exception:  # noqa: BLE001 (a driver's error means "reopen", whatever it is)
+                    ok, frame = False, None
+                if not ok:
+                    capture = self._reopen(capture)
+                    if capture is None:
+                        break
+                    start, count = time.perf_counter(), 0
+                    continue
+                count += 1
+                rgb = to_rgb_frame(frame, bgr=self._bgr)
+                with self._condition:
+                    if rgb is None:
+                        self.skipped += 1
+                        continue
+                    if self._latest is not None:
+                        self.dropped += 1
+                    self._latest = rgb
+                    self._condition.notify_all()
+        finally:
+            if capture is not None:
+                capture.release()
+            with self._condition:
+                self._finished = True
+                self._condition.notify_all()
+
+    def _reopen(self, capture: VideoCaptureLike) -> VideoCaptureLike | None:
+        """A newly opened capture, or None (stopping, or out of attempts: ``_error`` says why)."""
+        capture.release()
+        delay, attempt, waited = self.retry_delay, 0, 0.0
+        while self.retries is None or attempt < self.retries:
+            attempt += 1
+            if self._stop.wait(delay):
+                return None
+            waited += delay
+            delay = min(delay * 2, self.retry_max_delay)
+            try:
+                capture = self._open_capture()
+            except Exception:  # noqa: BLE001
+                continue
+            if capture.isOpened():
+                with self._condition:
+                    self.reopened += 1
+                return capture
+            capture.release()
+        self._error = SourceError(
+            f"{self.describe} stopped delivering frames and could not be reopened "
+            f"({attempt} attempts over {waited:.1f} s; retries={self.retries})"
+        )
+        return None
+
+    # --- the consumer ---------------------------------------------------------------------------
+
+    def _next_frame(self) -> np.ndarray:
+        with self._condition:
+            # A timeout so that Ctrl-C reaches the main thread promptly.
+            while self._latest is None and not self._finished:
+                self._condition.wait(0.1)
+            if self._latest is not None:
+                frame, self._latest = self._latest, None
+                return frame
+        if self._error is not None and not self.closed:
+            error, self._error = self._error, None
+            raise error
+        raise StopIteration
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stops the reader thread; a driver stuck in a read is left to its daemon thread."""
+        if self.closed:
+            return
+        self._stop.set()
+        self._thread.join(timeout)
+        super().close()
+
+
+def _capture_fps(capture: VideoCaptureLike) -> float | None:
+    try:
+        fps = float(capture.get(cv2.CAP_PROP_FPS))
+    except (AttributeError, cv2.error, TypeError, ValueError):
+        return None
+    return fps if 0 < fps < 1000 else None
+
+
+# ----------------------------------------------------------------------------------- specs
+
+
+def _parse_value(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("true", "yes", "on"):
+        return True
+    if lowered in ("false", "no", "off"):
+        return False
+    if lowered in ("none", "null", ""):
+        return None
+    if re.fullmatch(r"\d+x\d+", lowered):
+        return tuple(int(v) for v in lowered.split("x"))
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _split_options(spec: str) -> tuple[str, dict]:
+    """'synthetic?size=64x48&live=0' -> ('synthetic', {'size': (64, 48), 'live': 0})."""
+    if "?" not in spec or "://" in spec or os.path.exists(spec):
+        return spec, {}
+    base, _, query = spec.partition("?")
+    options = {}
+    for pair in query.split("&"):
+        if not pair:
+            continue
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"source option must be key=value, got {pair!r} in {spec!r}")
+        options[key.strip()] = _parse_value(value.strip())
+    return base, options
+
+
+def _check_options(kind: str, spec: str, options: dict) -> dict:
+    accepted = SOURCE_OPTIONS[kind]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        names = ", ".join(accepted) or "none"
+        raise ValueError(
+            f"source {spec!r} ({kind}): unknown option(s) {', '.join(unknown)}; accepted: {names}"
+        )
+    return {name: options.get(name, default) for name, (default, _) in accepted.items()}
+
+
+def _size_option(value: Any, spec: str) -> tuple[int, int]:
+    if isinstance(value, str):
+        value = _parse_value(value)
+    try:
+        width, height = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"source {spec!r}: size must be WIDTHxHEIGHT, got {value!r}") from None
+    return width, height
+
+
+def source_kind(spec: str) -> tuple[str, str]:
+    """('camera' | 'stream' | 'video' | 'folder' | 'synthetic', target) of a spec without options."""
+    text = spec.strip()
+    if text == "synthetic":
+        return "synthetic", text
+    if text.isdigit() or re.fullmatch(r"/dev/video\d+", text):
+        return "camera", text
+    scheme, sep, rest = text.partition("://")
+    if sep:
+        scheme = scheme.lower()
+        if scheme == "file":
+            text = rest
+        elif scheme in STREAM_SCHEMES:
+            return "stream", text
+        else:
+            raise ValueError(
+                f"source {spec!r}: unknown URL scheme {scheme!r}; streams: "
+                + ", ".join(STREAM_SCHEMES)
+            )
+    path = os.path.expanduser(text)
+    if os.path.isdir(path) or glob.has_magic(path):
+        return "folder", path
+    if os.path.isfile(path):
+        is_image = Path(path).suffix.lower() in IMAGE_SUFFIXES
+        return ("folder" if is_image else "video"), path
+    raise FileNotFoundError(
+        f"source {spec!r} does not exist. A source is one of:\n{SOURCE_SPECS}"
+    )
+
+
+def default_capture_factory(target: Any, backend: int = cv2.CAP_ANY,
+                            params: list[int] | None = None) -> VideoCaptureLike:
+    """``cv2.VideoCapture(target, backend, params)``."""
+    return cv2.VideoCapture(target, backend, params or [])
+
+
+def open_source(
+    spec: str | int, capture_factory: CaptureFactory | None = None, **options: Any
+) -> Source:
+    """Opens a camera, stream, video file, image folder or synthetic scenes as a :class:`Source`.
+
+    Spec syntax (options after '?', or as keyword arguments, which win)::
+
+    """  # the syntax is appended below, from SOURCE_SPECS
+    if isinstance(spec, int):
+        spec = str(spec)
+    base, query_options = _split_options(spec)
+    kind, target = source_kind(base)
+    opts = _check_options(kind, spec, {**query_options, **options})
+    live_options = {name: opts[name] for name in _LIVE_OPTIONS if name in opts}
+
+    if kind == "synthetic":
+        size = _size_option(opts["size"], spec)
+        frames, fps = opts["frames"], float(opts["fps"])
+        if fps <= 0:
+            raise ValueError(f"source {spec!r}: fps must be positive, got {fps}")
+        if not opts["live"]:
+            return SyntheticSource(spec, size, int(opts["seed"]), opts["objects"], frames, fps)
+        return LiveSource(
+            spec,
+            lambda: _SceneCapture(size, int(opts["seed"]), opts["objects"], frames),
+            describe=f"synthetic scenes {size[0]}x{size[1]} at {fps:g} fps",
+            bgr=False,
+            pace=fps,
+            **live_options,
+        )
+
+    if kind == "folder":
+        paths = _folder_images(target, spec)
+        return ImageFolderSource(spec, paths)
+
+    if kind == "camera":
+        return _open_camera(spec, target, opts, capture_factory, live_options)
+
+    if kind == "stream" and opts["live"]:
+        timeout_ms = int(1000 * float(opts["timeout"]))
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+                  timeout_ms]
+        factory = capture_factory or (
+            lambda url: default_capture_factory(url, cv2.CAP_FFMPEG, params)
+        )
+        return LiveSource(spec, lambda: factory(target), describe=f"stream {target}",
+                          **live_options)
+
+    factory = capture_factory or default_capture_factory
+    if opts["live"]:  # a file played like a camera, at its own frame rate
+        probe = factory(target)
+        fps = _capture_fps(probe) or 30.0
+        probe.release()
+        return LiveSource(spec, lambda: _EndingCapture(factory(target)),
+                          describe=f"video {target}", pace=fps, **live_options)
+    return VideoFileSource(spec, target, factory)
+
+
+open_source.__doc__ += SOURCE_SPECS
+
+
+class _EndingCapture:
+    """A file's capture for live playback: the end of the file ends the stream, no reopening."""
+
+    def __init__(self, capture: VideoCaptureLike):
+        self._capture = capture
+
+    def isOpened(self) -> bool:  # noqa: N802
+        return self._capture.isOpened()
+
+    def read(self):
+        ok, frame = self._capture.read()
+        if not ok:
+            raise _EndOfStream
+        return ok, frame
+
+    def get(self, prop: int) -> float:
+        return self._capture.get(prop)
+
+    def release(self) -> None:
+        self._capture.release()
+
+
+def _folder_images(target: str, spec: str) -> list[str]:
+    if os.path.isfile(target):
+        return [target]
+    if glob.has_magic(target):
+        paths = [p for p in glob.glob(target) if os.path.isfile(p)]
+    else:
+        paths = [
+            os.path.join(target, name)
+            for name in os.listdir(target)
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES
+        ]
+    if not paths:
+        raise SourceError(
+            f"source {spec!r} holds no images ({', '.join(IMAGE_SUFFIXES)})"
+        )
+    return sorted(paths, key=_natural_key)
+
+
+def _open_camera(spec: str, target: str, opts: dict, capture_factory: CaptureFactory | None,
+                 live_options: dict) -> LiveSource:
+    if target.isdigit():
+        index = int(target)
+        device = f"/dev/video{index}"
+        name, capture_target = f"camera at index {index} ({device})", index
+    else:
+        device = target
+        name, capture_target = f"camera {device}", device
+    factory = capture_factory or default_capture_factory
+
+    def missing(reason: str) -> SourceError:
+        if sys.platform.startswith("linux"):
+            found = list_video_devices()
+            listing = ", ".join(found) if found else "none"
+            return SourceError(f"no {name}: {reason}; found video devices: {listing}")
+        return SourceError(f"no {name}: {reason}")
+
+    # Where device nodes exist to look at, a missing one needs no driver probing.
+    if capture_factory is None and sys.platform.startswith("linux") and not os.path.exists(device):
+        raise missing(f"{device} does not exist")
+
+    def open_capture() -> VideoCaptureLike:
+        capture = factory(capture_target)
+        if capture.isOpened():
+            _configure_camera(capture, opts)
+        return capture
+
+    try:
+        return LiveSource(spec, open_capture, describe=name, **live_options)
+    except SourceError:
+        raise missing("it could not be opened (in use by another program, or not a camera?)")
+        # from None would hide nothing useful here; the message names the device already
+
+
+def _configure_camera(capture: Any, opts: dict) -> None:
+    setter = getattr(capture, "set", None)
+    if setter is None:
+        return
+    if opts["fourcc"]:
+        setter(cv2.CAP_PROP_FOURCC, cv2.VideoWriter.fourcc(*str(opts["fourcc"])[:4].ljust(4)))
+    for prop, name in ((cv2.CAP_PROP_FRAME_WIDTH, "width"), (cv2.CAP_PROP_FRAME_HEIGHT, "height"),
+                       (cv2.CAP_PROP_FPS, "fps"), (cv2.CAP_PROP_BUFFERSIZE, "buffer")):
+        if opts[name] is not None:
+            setter(prop, float(opts[name]))
