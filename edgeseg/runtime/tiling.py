@@ -202,9 +202,21 @@ def segment_tiled(
             finished = band[first - y : stop - y, left : left + width]
             labels[first - top : stop - top] = finished.argmax(-1)
         if not last:
-            band[: tile_h - stride_h] = band[stride_h:]
-            band[tile_h - stride_h :] = 0
+            _shift_up(band, stride_h)
     return labels
+
+
+def _shift_up(band: np.ndarray, rows: int) -> None:
+    """Moves the band up by ``rows`` in place and zeroes the rows freed at the bottom.
+
+    Copied in chunks of ``rows`` that do not overlap, so that NumPy makes no temporary copy of
+    the band (``band[:-rows] = band[rows:]`` would, doubling the peak memory).
+    """
+    height = band.shape[0]
+    for start in range(0, height - rows, rows):
+        stop = min(start + rows, height - rows)
+        band[start:stop] = band[start + rows : stop + rows]
+    band[height - rows :] = 0
 
 
 def _check_scores(scores: np.ndarray, batch_shape, num_classes: int | None) -> np.ndarray:
