@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export TF_CPP_MIN_LOG_LEVEL=3
-edgeseg train --model enet --data synthetic --size 240x180 --epochs 25 --lr 5e-3 \
+edgeseg train --model enet --data synthetic --size 240x180 --epochs 15 --lr 5e-3 \
     --out runs/bench_enet --quiet --resume
 edgeseg train --model unet --data synthetic --size 240x180 --epochs 12 --batch 4 \
     --optimizer adam --lr 1e-3 --option filters=16 --out runs/bench_unet --quiet --resume

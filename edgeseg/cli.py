@@ -153,6 +153,39 @@ def cmd_quickstart(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_bench(args) -> int:
+    from edgeseg.bench.runner import DEFAULT_SIZES, benchmark, format_row, parse_sizes, write_jsonl
+
+    if args.artifacts and args.artifacts[0] == "report":
+        return cmd_bench_report(args)
+    if not args.artifacts:
+        raise ValueError("edgeseg bench needs at least one model file (.tflite, .onnx, .keras)")
+    if not args.out:
+        raise ValueError("edgeseg bench needs --out results.jsonl")
+    sizes = parse_sizes(args.sizes) if args.sizes else DEFAULT_SIZES
+    failed = 0
+    for row in benchmark(args.artifacts, sizes, threads=args.threads, warmup=args.warmup,
+                         runs=args.runs, min_seconds=args.min_seconds, resize=args.resize):
+        write_jsonl([row], args.out)
+        print(format_row(row), flush=True)
+        failed += row["error"] is not None
+    print(f"results appended to {args.out}" + (f"; {failed} rows failed" if failed else ""))
+    return 0
+
+
+def cmd_bench_report(args) -> int:
+    from edgeseg.bench.report import merge_results, write_report
+
+    results = args.artifacts[1:]
+    if not results or not args.out:
+        raise ValueError("usage: edgeseg bench report RESULTS.jsonl... --out DIR")
+    paths = write_report(merge_results(results), args.out)
+    for kind, path in paths.items():
+        if path:
+            print(f"{kind}: {path}")
+    return 0
+
+
 # --- parser -------------------------------------------------------------------------------------
 
 
@@ -227,6 +260,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the metrics to this JSON file")
     p.add_argument("--save-vis", help="write image | truth | prediction PNGs to this folder")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "bench",
+        help="latency of exported models per stage; 'bench report' merges results of many devices",
+        description="edgeseg bench ARTIFACT... --out results.jsonl | "
+                    "edgeseg bench report RESULTS.jsonl... --out DIR",
+    )
+    p.add_argument("artifacts", nargs="*", metavar="ARTIFACT",
+                   help="model files (.tflite, .onnx, .keras), or 'report' then result files")
+    p.add_argument("--sizes", help="frame sizes, e.g. 480x320,640x360,1280x720,1920x1080")
+    p.add_argument("--threads", type=int, help="inference threads (TFLite / onnxruntime)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--runs", type=int, default=20, help="at least this many timed runs")
+    p.add_argument("--min-seconds", type=float, default=2.0, help="and at least this long")
+    p.add_argument("--resize", choices=["resize", "letterbox"], default="resize")
+    p.add_argument("--out", help="results .jsonl (appended) or, for 'report', a folder")
+    p.set_defaults(func=cmd_bench)
 
     from edgeseg.converters.formats import EXPORT_FORMATS, IO_TYPES, OUTPUTS, QUANT_MODES
 

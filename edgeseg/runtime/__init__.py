@@ -8,6 +8,7 @@ NumPy and OpenCV only, never TensorFlow.
 
 from edgeseg.runtime.predictor import FORMATS_BY_SUFFIX, Predictor, load_predictor, read_metadata
 from edgeseg.runtime.segmenter import Segmenter, default_palette
+from edgeseg.runtime.tiling import segment_tiled
 
 __all__ = [
     "FORMATS_BY_SUFFIX",
@@ -16,4 +17,5 @@ __all__ = [
     "default_palette",
     "load_predictor",
     "read_metadata",
+    "segment_tiled",
 ]

@@ -30,6 +30,8 @@ import numpy as np
 # A callable from a normalised float32 tile (1, h, w, 3) to scores (1, h, w, K).
 PredictLogits = Callable[[np.ndarray], np.ndarray]
 
+ARGMAX_ROWS = 16
+
 
 @dataclass(frozen=True)
 class TilePlan:
@@ -89,7 +91,8 @@ def plan_tiles(image_size: tuple[int, int], tile: tuple[int, int], overlap: int 
         )
     left, right, xs = _axis_plan(width, tile_w, overlap)
     top, bottom, ys = _axis_plan(height, tile_h, overlap)
-    return TilePlan((width, height), (tile_w, tile_h), int(overlap), (top, left, bottom, right), xs, ys)
+    pad = (top, left, bottom, right)
+    return TilePlan((width, height), (tile_w, tile_h), int(overlap), pad, xs, ys)
 
 
 def reflect_indices(start: int, count: int, size: int) -> np.ndarray:
@@ -198,9 +201,11 @@ def segment_tiled(
         last = row == len(plan.ys) - 1
         done = tile_h if last else stride_h  # rows that no later tile touches
         first, stop = max(y, top), min(y + done, top + height)
-        if stop > first:
-            finished = band[first - y : stop - y, left : left + width]
-            labels[first - top : stop - top] = finished.argmax(-1)
+        # A few rows at a time: argmax copies a non-contiguous slice of the band.
+        for start in range(first, stop, ARGMAX_ROWS):
+            end = min(start + ARGMAX_ROWS, stop)
+            finished = band[start - y : end - y, left : left + width]
+            labels[start - top : end - top] = finished.argmax(-1)
         if not last:
             _shift_up(band, stride_h)
     return labels

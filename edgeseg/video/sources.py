@@ -83,7 +83,7 @@ class SourceError(RuntimeError):
 class VideoCaptureLike(Protocol):
     """What a source needs of ``cv2.VideoCapture`` (fakes in tests implement the same)."""
 
-    def isOpened(self) -> bool: ...  # noqa: N802 (OpenCV's name)
+    def isOpened(self) -> bool: ...  # OpenCV's name
 
     def read(self) -> tuple[bool, np.ndarray | None]: ...
 
@@ -299,7 +299,7 @@ class _SceneCapture:
         self._limit = frames
         self._t = 0
 
-    def isOpened(self) -> bool:  # noqa: N802
+    def isOpened(self) -> bool:
         return True
 
     def read(self) -> tuple[bool, np.ndarray]:
@@ -385,7 +385,7 @@ class LiveSource(Source):
                     ok, frame = capture.read()
                 except _EndOfStream:
                     break
-                except Exception:  # noqa: BLE001 (a driver's error means "reopen", whatever it is)
+                except Exception:  # a driver's error of any kind means: reopen
                     ok, frame = False, None
                 if not ok:
                     capture = self._reopen(capture)
@@ -422,7 +422,7 @@ class LiveSource(Source):
             delay = min(delay * 2, self.retry_max_delay)
             try:
                 capture = self._open_capture()
-            except Exception:  # noqa: BLE001
+            except Exception:  # an open that raises is a failed attempt
                 continue
             if capture.isOpened():
                 with self._condition:
@@ -470,7 +470,8 @@ def _capture_fps(capture: VideoCaptureLike) -> float | None:
 # ----------------------------------------------------------------------------------- specs
 
 
-def _parse_value(text: str) -> Any:
+def parse_option_value(text: str) -> Any:
+    """A spec option's text as a value: bool, None, (W, H) for '640x360', int, float or str."""
     lowered = text.lower()
     if lowered in ("true", "yes", "on"):
         return True
@@ -500,7 +501,7 @@ def _split_options(spec: str) -> tuple[str, dict]:
         key, sep, value = pair.partition("=")
         if not sep:
             raise ValueError(f"source option must be key=value, got {pair!r} in {spec!r}")
-        options[key.strip()] = _parse_value(value.strip())
+        options[key.strip()] = parse_option_value(value.strip())
     return base, options
 
 
@@ -517,7 +518,7 @@ def _check_options(kind: str, spec: str, options: dict) -> dict:
 
 def _size_option(value: Any, spec: str) -> tuple[int, int]:
     if isinstance(value, str):
-        value = _parse_value(value)
+        value = parse_option_value(value)
     try:
         width, height = (int(v) for v in value)
     except (TypeError, ValueError):
@@ -566,9 +567,31 @@ def open_source(
 ) -> Source:
     """Opens a camera, stream, video file, image folder or synthetic scenes as a :class:`Source`.
 
-    Spec syntax (options after '?', or as keyword arguments, which win)::
+    Spec syntax (``SOURCE_SPECS``; the options of each kind are in ``SOURCE_OPTIONS``)::
 
-    """  # the syntax is appended below, from SOURCE_SPECS
+      0, 1, ...                 camera by index (Linux: /dev/video0, ...)
+      /dev/video2               camera by device path
+      rtsp://host/path          network stream (rtsp, rtsps, rtmp, http, https, udp, tcp, srt)
+      clip.mp4                  video file, every frame in order (clip.mp4?live=1: paced)
+      frames/ or 'frames/*.png' image folder or glob, in natural order
+      synthetic                 moving synthetic scenes: synthetic?size=640x360&fps=30&frames=300
+                                (live=0: every frame, unpaced, nothing dropped)
+
+    Options follow '?' as key=value pairs joined by '&', or come as keyword arguments, which
+    win. A URL's query string belongs to the URL: give a stream's options as keyword arguments.
+
+    Args:
+        spec: the source; an int is a camera index.
+        capture_factory: opens a ``cv2.VideoCapture``-like object for a target (camera index,
+            device path, file path or URL); tests pass fakes. Default: ``cv2.VideoCapture``.
+        **options: the kind's options, e.g. ``retries=3`` or ``size=(640, 360)``.
+
+    Raises:
+        FileNotFoundError: a path that does not exist.
+        SourceError: a camera, stream or file that cannot be opened (a camera's error lists
+            the video devices found).
+        ValueError: an unknown URL scheme or option, or a malformed option value.
+    """
     if isinstance(spec, int):
         spec = str(spec)
     base, query_options = _split_options(spec)
@@ -619,8 +642,6 @@ def open_source(
     return VideoFileSource(spec, target, factory)
 
 
-open_source.__doc__ += SOURCE_SPECS
-
 
 class _EndingCapture:
     """A file's capture for live playback: the end of the file ends the stream, no reopening."""
@@ -628,7 +649,7 @@ class _EndingCapture:
     def __init__(self, capture: VideoCaptureLike):
         self._capture = capture
 
-    def isOpened(self) -> bool:  # noqa: N802
+    def isOpened(self) -> bool:
         return self._capture.isOpened()
 
     def read(self):
@@ -693,8 +714,8 @@ def _open_camera(spec: str, target: str, opts: dict, capture_factory: CaptureFac
     try:
         return LiveSource(spec, open_capture, describe=name, **live_options)
     except SourceError:
-        raise missing("it could not be opened (in use by another program, or not a camera?)")
-        # from None would hide nothing useful here; the message names the device already
+        reason = "it could not be opened (in use by another program, or not a camera?)"
+        raise missing(reason) from None
 
 
 def _configure_camera(capture: Any, opts: dict) -> None:

@@ -21,6 +21,7 @@ from edgeseg.models.layers import (
 )
 
 BN_EPSILON = 1e-3  # the Torch code's value (ANCHORS.md)
+BN_MOMENTUM = 0.9  # Torch's default momentum 0.1 in Keras' convention (1 - 0.1)
 OUTPUT_STRIDE = 8
 
 # Stage 2 (and stage 3 without its first, downsampling, bottleneck): (kind, dilation or kernel).
@@ -47,7 +48,7 @@ def _activation(encoder: bool, name: str):
 
 
 def _bn(name: str):
-    return layers.BatchNormalization(epsilon=BN_EPSILON, name=name)
+    return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)
 
 
 def initial_block(x, filters: int = 16):

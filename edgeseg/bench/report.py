@@ -1,0 +1,401 @@
+"""Results from any number of devices, merged into one table, a CSV and a plot.
+
+``write_report(merge_results(["orin.jsonl", "h100.jsonl"]), "report/")`` writes ``report.md``
+(a table per model: resolution x device x format, with the ENet paper's published timings next
+to the measured ones), ``report.csv`` (the same columns, plus errors) and
+``latency_vs_resolution.png`` (median end-to-end latency against frame size, log scale).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+PAPER_SOURCE = "Paszke et al. 2016, ENet (arXiv 1606.02147), inference time, batch 1"
+PAPER_DEVICES = {"TX1": "Jetson TX1 (ENet paper)", "Titan X": "NVIDIA Titan X (ENet paper)"}
+
+
+def _paper_row(model: str, device: str, size: str, ms: float, fps: float) -> dict:
+    return {
+        "model": model,
+        "artifact": None,
+        "format": "paper",
+        "quant": None,
+        "size": size,
+        "model_input": size,
+        "threads": None,
+        "device": {"label": PAPER_DEVICES[device]},
+        "latency_ms": {"total": {"median": ms}},
+        "fps": fps,
+        "runs": None,
+        "error": None,
+        "reference": True,
+        "source": PAPER_SOURCE,
+    }
+
+
+# The paper's table as ANCHORS.md reproduces it (ms and fps as published; the fps are not
+# exactly 1000 / ms). SegNet at 1280x720 on the TX1 has no entry. These time the network alone
+# in the authors' Torch7 / cuDNN setup, not an end-to-end runtime like the measured rows.
+PAPER_ROWS: tuple[dict, ...] = tuple(
+    _paper_row(model, device, size, ms, fps)
+    for model, device, size, ms, fps in (
+        ("SegNet", "TX1", "480x320", 757, 1.3),
+        ("SegNet", "TX1", "640x360", 1251, 0.8),
+        ("SegNet", "Titan X", "640x360", 69, 14.6),
+        ("SegNet", "Titan X", "1280x720", 289, 3.5),
+        ("SegNet", "Titan X", "1920x1080", 637, 1.6),
+        ("ENet", "TX1", "480x320", 47, 21.1),
+        ("ENet", "TX1", "640x360", 69, 14.6),
+        ("ENet", "TX1", "1280x720", 262, 3.8),
+        ("ENet", "Titan X", "640x360", 7, 135.4),
+        ("ENet", "Titan X", "1280x720", 21, 46.8),
+        ("ENet", "Titan X", "1920x1080", 46, 21.6),
+    )
+)
+
+COLUMNS = (
+    "model",
+    "size",
+    "device",
+    "format",
+    "quant",
+    "threads",
+    "model_input",
+    "total_ms",
+    "fps",
+    "inference_ms",
+    "total_p90_ms",
+    "runs",
+    "peak_rss_mb",
+    "model_mb",
+    "reference",
+    "error",
+)
+HEADERS = {
+    "model": "model",
+    "size": "frame",
+    "device": "device",
+    "format": "format",
+    "quant": "quant",
+    "threads": "threads",
+    "model_input": "model input",
+    "total_ms": "total ms (median)",
+    "fps": "fps",
+    "inference_ms": "inference ms (median)",
+    "total_p90_ms": "total ms (p90)",
+    "runs": "runs",
+    "peak_rss_mb": "peak RSS MB",
+    "model_mb": "model MB",
+    "reference": "reference",
+    "error": "error",
+}
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def merge_results(paths: Iterable[str | os.PathLike]) -> list[dict]:
+    """The rows of any number of JSON-lines results files, in order.
+
+    Blank lines are skipped. A line that is not a JSON object raises a ValueError naming the
+    file and line, except a last line without its newline: that is a row cut off by a killed
+    run, skipped with a warning.
+    """
+    rows = []
+    for path in paths:
+        path = Path(path)
+        text = path.read_text(encoding="utf-8")
+        lines = text.split("\n")
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                if number == len(lines) and not text.endswith("\n"):
+                    warnings.warn(
+                        f"{path}:{number}: skipped a truncated last line (was the run killed?)",
+                        stacklevel=2,
+                    )
+                    continue
+                raise ValueError(f"{path}:{number}: not valid JSON: {error.msg}") from None
+            if not isinstance(row, dict) or "model" not in row or "size" not in row:
+                raise ValueError(
+                    f"{path}:{number}: not a benchmark row (a JSON object with 'model' and "
+                    f"'size'): {line[:80]!r}"
+                )
+            rows.append(row)
+    return rows
+
+
+def deduplicate(rows: Iterable[dict]) -> list[dict]:
+    """One row per model file, format, frame size, device and threads: the most recent one.
+
+    Results files are appended to, so re-running a benchmark leaves the older rows in them.
+    """
+    latest: dict[tuple, dict] = {}
+    for row in rows:
+        key = (
+            str(row.get("model")).lower(),
+            Path(row["artifact"]).name if row.get("artifact") else None,
+            row.get("format"),
+            row.get("quant"),
+            row.get("size"),
+            row.get("model_input"),
+            row.get("resize"),
+            row.get("threads"),
+            device_label(row.get("device")),
+        )
+        previous = latest.get(key)
+        if previous is None or str(row.get("timestamp") or "") >= str(
+            previous.get("timestamp") or ""
+        ):
+            latest[key] = row
+    return list(latest.values())
+
+
+# --- labels -------------------------------------------------------------------------------------
+
+
+def _clean_cpu(name: str) -> str:
+    name = re.sub(r"\((R|TM|tm|r)\)", "", name)
+    name = re.sub(r"@\s*[\d.]+\s*[GM]Hz", "", name)
+    name = re.sub(r"\b(CPU|Processor)\b", "", name)
+    return re.sub(r"\s+", " ", name).strip()
+
+
+def device_label(fingerprint: dict | None) -> str:
+    """A short name for a device: "Jetson Orin Nano (15W)", "NVIDIA H100 80GB HBM3 /
+    550.54.15" (GPU and driver), "Intel Xeon Platinum 8481C x8" (CPU and cores)."""
+    if not fingerprint:
+        return "unknown device"
+    if fingerprint.get("label"):
+        return str(fingerprint["label"])
+    jetson = fingerprint.get("jetson_model")
+    if jetson:
+        name = re.sub(r"^NVIDIA\s+", "", jetson)
+        name = re.sub(r"\s*(Engineering Reference\s+)?Developer Kit.*$", "", name).strip()
+        mode = fingerprint.get("power_mode")
+        return f"{name} ({mode})" if mode else name
+    gpu = fingerprint.get("gpu_name")
+    if gpu:
+        driver = fingerprint.get("gpu_driver")
+        return f"{gpu} / {driver}" if driver else gpu
+    cpu = _clean_cpu(fingerprint.get("cpu_model") or "unknown CPU")
+    cores = fingerprint.get("cpu_cores")
+    cpu = f"{cpu} x{cores}" if cores else cpu
+    board = fingerprint.get("board")
+    return f"{board} ({cpu})" if board else cpu
+
+
+def _pixels(size: str | None) -> int:
+    match = re.fullmatch(r"(\d+)x(\d+)", size or "")
+    return int(match.group(1)) * int(match.group(2)) if match else 0
+
+
+def _median(row: dict, stage: str) -> float | None:
+    stats = (row.get("latency_ms") or {}).get(stage) or {}
+    return stats.get("median")
+
+
+def table_rows(rows: Iterable[dict]) -> list[dict]:
+    """The report's columns for each row, sorted by model, frame size, measured before
+    published, device, format."""
+    records = []
+    for row in rows:
+        total = row.get("latency_ms") or {}
+        model_bytes = row.get("model_bytes")
+        records.append(
+            {
+                "model": row.get("model"),
+                "size": row.get("size"),
+                "device": device_label(row.get("device")),
+                "format": row.get("format"),
+                "quant": row.get("quant"),
+                "threads": row.get("threads"),
+                "model_input": row.get("model_input"),
+                "total_ms": _median(row, "total"),
+                "fps": row.get("fps"),
+                "inference_ms": _median(row, "inference"),
+                "total_p90_ms": (total.get("total") or {}).get("p90"),
+                "runs": row.get("runs"),
+                "peak_rss_mb": row.get("peak_rss_mb"),
+                "model_mb": None if model_bytes is None else model_bytes / 1e6,
+                "reference": row.get("source") if row.get("reference") else None,
+                "error": row.get("error"),
+            }
+        )
+    records.sort(
+        key=lambda r: (
+            str(r["model"]).lower(),
+            _pixels(r["size"]),
+            str(r["size"]),
+            r["reference"] is not None,
+            r["device"],
+            str(r["format"]),
+            str(r["quant"]),
+            r["threads"] or 0,
+        )
+    )
+    return records
+
+
+def _cell(value, column: str) -> str:
+    if value is None:
+        return ""
+    if column == "reference":
+        return "paper"
+    if isinstance(value, float):
+        if column == "fps":
+            return f"{value:.1f}"
+        if column == "model_mb":
+            return f"{value:.2f}"
+        return f"{value:.1f}" if value >= 100 else f"{value:.2f}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+
+def write_report(
+    rows: Iterable[dict],
+    out_dir: str | os.PathLike,
+    include_paper: bool = True,
+    plot: bool = True,
+) -> dict[str, Path]:
+    """Writes report.md, report.csv and latency_vs_resolution.png into ``out_dir``.
+
+    Repeated measurements keep the most recent (:func:`deduplicate`). ``include_paper`` adds
+    :data:`PAPER_ROWS`. The plot needs matplotlib (``pip install "edgeseg[plot]"``): without it
+    the Markdown and CSV are written, then ImportError is raised.
+
+    Returns:
+        the paths written, by kind: "markdown", "csv", "plot".
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = deduplicate(rows)
+    if include_paper:
+        rows += [dict(row) for row in PAPER_ROWS]
+    records = table_rows(rows)
+    written = {"markdown": out / "report.md", "csv": out / "report.csv"}
+    written["markdown"].write_text(_markdown(records), encoding="utf-8")
+    with open(written["csv"], "w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=COLUMNS)
+        writer.writeheader()
+        for record in records:
+            writer.writerow({k: "" if v is None else v for k, v in record.items()})
+    if plot:
+        written["plot"] = out / "latency_vs_resolution.png"
+        plot_latency_vs_resolution(records, written["plot"])
+    return written
+
+
+def _markdown(records: list[dict]) -> str:
+    measured = [r for r in records if not r["error"]]
+    failed = [r for r in records if r["error"]]
+    devices = sorted({r["device"] for r in measured if not r["reference"]})
+    lines = [
+        "# Benchmark report",
+        "",
+        "Median end-to-end latency per frame (resize and normalise, the model, argmax and resize "
+        "back) on a synthetic frame of the given size, batch 1; fps = 1000 / median. Rows marked "
+        f"*paper* are published figures ({PAPER_SOURCE}) that time the network alone on the "
+        "authors' setup: a reference point, not a like-for-like comparison.",
+        "",
+        f"Devices: {', '.join(devices) if devices else 'none'}.",
+    ]
+    columns = [c for c in COLUMNS if c not in ("model", "error")]
+    groups: dict[str, list[dict]] = {}
+    for record in measured:
+        groups.setdefault(str(record["model"]).lower(), []).append(record)
+    for group in groups.values():
+        names = [r["model"] for r in group if not r["reference"]] or [group[0]["model"]]
+        lines += ["", f"## {names[0]}", ""]
+        lines.append("| " + " | ".join(HEADERS[c] for c in columns) + " |")
+        lines.append("|" + "---|" * len(columns))
+        for record in group:
+            lines.append("| " + " | ".join(_cell(record[c], c) for c in columns) + " |")
+    if failed:
+        lines += ["", "## Errors", ""]
+        for record in failed:
+            lines.append(
+                f"- {record['model']} [{record['format']}] {record['size']} on "
+                f"{record['device']}: {_cell(record['error'], 'error')}"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def latency_series(records: list[dict]) -> dict[tuple[str, bool], list[tuple[int, float]]]:
+    """The plot's lines: ``(label, published)`` -> [(frame pixels, median total ms)], one per
+    device, format, model, quantisation and thread count."""
+    series: dict[tuple, list[tuple[int, float]]] = {}
+    for record in records:
+        if record["error"] or record["total_ms"] is None or not _pixels(record["size"]):
+            continue
+        label = " ".join(
+            str(part)
+            for part in (
+                record["model"],
+                record["format"] if not record["reference"] else None,
+                record["quant"] if record["quant"] not in (None, "none") else None,
+                f"{record['threads']} threads" if record["threads"] else None,
+            )
+            if part
+        )
+        key = (f"{record['device']}: {label}", bool(record["reference"]))
+        series.setdefault(key, []).append((_pixels(record["size"]), record["total_ms"]))
+    for points in series.values():
+        points.sort()
+    return series
+
+
+def plot_latency_vs_resolution(records: list[dict], path: str | os.PathLike) -> Path:
+    """Median total latency against frame size: one line per (device, format, model), log y;
+    published rows dashed."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError(
+            'the latency plot needs matplotlib: pip install "edgeseg[plot]"'
+        ) from None
+
+    lines = latency_series(records)
+    sizes = sorted(
+        {(r["size"], _pixels(r["size"])) for r in records if _pixels(r["size"])},
+        key=lambda size: size[1],
+    )
+
+    # Figure + Agg canvas directly: no pyplot, so no global backend is chosen or changed.
+    figure = Figure(figsize=(10, 7), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for (label, reference), points in sorted(lines.items()):
+        axes.plot(
+            [p for p, _ in points],
+            [ms for _, ms in points],
+            linestyle="--" if reference else "-",
+            marker="s" if reference else "o",
+            label=label + (" (published)" if reference else ""),
+        )
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    if sizes:
+        axes.set_xticks([p for _, p in sizes], [s for s, _ in sizes], rotation=45)
+        axes.minorticks_off()
+    axes.set_xlabel("frame size (log pixels)")
+    axes.set_ylabel("median latency per frame (ms, log)")
+    axes.set_title("Latency against resolution")
+    axes.grid(True, which="major", alpha=0.3)
+    if lines:
+        figure.legend(fontsize="small", loc="outside lower center", ncols=2)
+    path = Path(path)
+    figure.savefig(path, dpi=120)
+    return path

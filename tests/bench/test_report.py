@@ -1,0 +1,164 @@
+"""Reports merged from the results files of two (fake) devices."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from edgeseg.bench.fingerprint import device_fingerprint
+from edgeseg.bench.report import (
+    PAPER_ROWS,
+    deduplicate,
+    latency_series,
+    merge_results,
+    table_rows,
+    write_report,
+)
+from edgeseg.bench.runner import write_jsonl
+from edgeseg.bench.stats import fps, latency_stats
+from tests.bench.fake_devices import fake_orin, fake_x86
+
+SIZES = ("480x320", "640x360", "1280x720")
+
+
+def fake_row(model, fmt, size, device, total_ms, timestamp="2026-01-01T00:00:00+00:00"):
+    times = total_ms * np.linspace(0.95, 1.1, 15)
+    latency = {
+        "preprocess": latency_stats(times * 0.1),
+        "inference": latency_stats(times * 0.8),
+        "postprocess": latency_stats(times * 0.1),
+        "total": latency_stats(times),
+    }
+    return {
+        "model": model, "artifact": f"/models/{model}.{fmt}", "format": fmt, "quant": "none",
+        "size": size, "model_input": "512x256", "resize": "resize", "threads": 4,
+        "device": device, "latency_ms": latency, "fps": fps(latency["total"]["median"]),
+        "runs": 15, "warmup": 3, "peak_rss_mb": 180.0, "model_bytes": 1_500_000, "error": None,
+        "timestamp": timestamp, "edgeseg_version": "0.1.0",
+    }
+
+
+@pytest.fixture
+def two_devices(tmp_path):
+    orin_root = fake_orin(tmp_path / "orin")
+    x86_root = fake_x86(tmp_path / "x86", gpu=True)
+    orin = device_fingerprint(proc_root=orin_root, sys_root=orin_root)
+    x86 = device_fingerprint(proc_root=x86_root, sys_root=x86_root)
+    orin_rows = [fake_row(m, "tflite", s, orin, 30.0 * (i + 1) * (3 if m == "unet" else 1))
+                 for m in ("enet", "unet") for i, s in enumerate(SIZES)]
+    x86_rows = [fake_row(m, "onnx", s, x86, 2.0 * (i + 1)) for m in ("enet",)
+                for i, s in enumerate(SIZES)]
+    broken = dict(fake_row("enet", "tflite", "640x360", x86, 1.0), latency_ms=None, fps=None,
+                  runs=0, error="RuntimeError: Select TF ops are not supported")
+    files = [tmp_path / "orin.jsonl", tmp_path / "x86.jsonl"]
+    write_jsonl(orin_rows, files[0])
+    write_jsonl([*x86_rows, broken], files[1])
+    # A blank line, as an editor or a concatenation may leave.
+    with open(files[1], "a") as file:
+        file.write("\n")
+    return files, orin_rows, x86_rows, broken
+
+
+def test_paper_rows_are_the_published_enet_table():
+    by_key = {(r["model"], r["device"]["label"], r["size"]): r for r in PAPER_ROWS}
+    assert len(PAPER_ROWS) == 11  # SegNet has no 1280x720 TX1 entry
+    assert all(r["reference"] for r in PAPER_ROWS)
+    enet_tx1 = by_key[("ENet", "Jetson TX1 (ENet paper)", "480x320")]
+    assert enet_tx1["latency_ms"]["total"]["median"] == 47 and enet_tx1["fps"] == 21.1
+    segnet = by_key[("SegNet", "NVIDIA Titan X (ENet paper)", "1920x1080")]
+    assert segnet["latency_ms"]["total"]["median"] == 637 and segnet["fps"] == 1.6
+    assert ("SegNet", "Jetson TX1 (ENet paper)", "1280x720") not in by_key
+
+
+def test_merged_report_of_two_devices(two_devices, tmp_path):
+    files, orin_rows, x86_rows, broken = two_devices
+    rows = merge_results(files)
+    assert rows == [*orin_rows, *x86_rows, broken]
+
+    written = write_report(rows, tmp_path / "report")
+    markdown = written["markdown"].read_text()
+    assert "## enet" in markdown and "## unet" in markdown and "## SegNet" in markdown
+    assert "Jetson Orin Nano (15W)" in markdown
+    assert "NVIDIA H100 80GB HBM3 / 535.104.05" in markdown
+    assert "Select TF ops are not supported" in markdown.split("## Errors")[1]
+
+    with open(written["csv"], newline="") as file:
+        records = list(csv.DictReader(file))
+    assert len(records) == len(orin_rows) + len(x86_rows) + 1 + len(PAPER_ROWS)
+    enet_640 = [r for r in records if r["model"].lower() == "enet" and r["size"] == "640x360"]
+    # Grouped: the 640x360 ENet rows are consecutive, measured first, then the paper's.
+    start = records.index(enet_640[0])
+    assert records[start : start + len(enet_640)] == enet_640
+    assert [r["reference"] != "" for r in enet_640] == [False, False, False, True, True]
+    devices = {r["device"] for r in enet_640}
+    assert {"Jetson Orin Nano (15W)", "NVIDIA H100 80GB HBM3 / 535.104.05",
+            "Jetson TX1 (ENet paper)", "NVIDIA Titan X (ENet paper)"} <= devices
+    orin_enet = next(r for r in enet_640 if r["device"].startswith("Jetson Orin"))
+    expected = orin_rows[1]["latency_ms"]["total"]["median"]
+    assert float(orin_enet["total_ms"]) == pytest.approx(expected)
+    assert float(orin_enet["fps"]) == pytest.approx(1000 / expected)
+    paper = next(r for r in enet_640 if r["device"] == "Jetson TX1 (ENet paper)")
+    assert float(paper["total_ms"]) == 69 and float(paper["fps"]) == 14.6
+    failed = [r for r in records if r["error"]]
+    assert len(failed) == 1 and failed[0]["total_ms"] == ""
+
+    png = written["plot"].read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_plot_has_one_line_per_device_format_and_model(two_devices):
+    files = two_devices[0]
+    rows = merge_results(files) + [dict(r) for r in PAPER_ROWS]
+    series = latency_series(table_rows(rows))
+    measured = {label for label, reference in series if not reference}
+    assert measured == {
+        "Jetson Orin Nano (15W): enet tflite 4 threads",
+        "Jetson Orin Nano (15W): unet tflite 4 threads",
+        "NVIDIA H100 80GB HBM3 / 535.104.05: enet onnx 4 threads",
+    }
+    assert sum(reference for _, reference in series) == 4  # ENet / SegNet x TX1 / Titan X
+    assert all(len(points) == 3 for (_, ref), points in series.items() if not ref)
+    orin_unet = series[("Jetson Orin Nano (15W): unet tflite 4 threads", False)]
+    assert [p for p, _ in orin_unet] == [480 * 320, 640 * 360, 1280 * 720]
+
+
+def test_without_matplotlib_the_table_is_written_and_the_plot_names_the_extra(
+    two_devices, tmp_path, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
+    with pytest.raises(ImportError, match=r'pip install "edgeseg\[plot\]"'):
+        write_report(merge_results(two_devices[0]), tmp_path / "report")
+    assert (tmp_path / "report" / "report.md").is_file()
+    assert (tmp_path / "report" / "report.csv").is_file()
+    assert not (tmp_path / "report" / "latency_vs_resolution.png").exists()
+
+
+def test_rerun_rows_replace_older_ones(two_devices):
+    orin_rows = two_devices[1]
+    newer = dict(orin_rows[0], timestamp="2026-02-01T00:00:00+00:00", fps=99.0)
+    kept = deduplicate([orin_rows[0], newer, *orin_rows[1:]])
+    assert len(kept) == len(orin_rows) and newer in kept and orin_rows[0] not in kept
+
+
+def test_bad_json_names_the_file_and_line(tmp_path):
+    path = tmp_path / "results.jsonl"
+    good = json.dumps({"model": "enet", "size": "640x360"})
+    path.write_text(f"{good}\n\n{{not json\n{good}\n")
+    with pytest.raises(ValueError, match=r"results\.jsonl:3: not valid JSON"):
+        merge_results([path])
+    path.write_text(f"{good}\n[1, 2]\n")
+    with pytest.raises(ValueError, match=r"results\.jsonl:2: not a benchmark row"):
+        merge_results([path])
+
+
+def test_a_row_cut_off_by_a_killed_run_is_skipped_with_a_warning(tmp_path):
+    path = tmp_path / "results.jsonl"
+    good = json.dumps({"model": "enet", "size": "640x360"})
+    path.write_text(f"{good}\n{good[:20]}")
+    with pytest.warns(UserWarning, match=r"results\.jsonl:2: skipped a truncated last line"):
+        rows = merge_results([path])
+    assert len(rows) == 1
