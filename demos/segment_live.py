@@ -71,7 +71,7 @@ class _Prefetcher:
     def __init__(self, source, segmenter: Segmenter, depth: int = 1):
         if depth < 1:
             raise ValueError(f"queue_size must be at least 1, got {depth}")
-        self._source = source
+        self._frames = iter(source)
         self._segmenter = segmenter
         self._queue: queue.Queue = queue.Queue()
         self._slots = threading.Semaphore(depth)
@@ -89,7 +89,7 @@ class _Prefetcher:
                     break
                 t0 = time.perf_counter()
                 try:
-                    frame = next(self._source)
+                    frame = next(self._frames)
                 except StopIteration:
                     break
                 t1 = time.perf_counter()
@@ -291,14 +291,17 @@ def _segmenter(model: Any, threads: int | None, resize: str) -> Segmenter:
 
 
 def _describe(thing: Any) -> str:
+    """A spec, a path, or what an object is, for the summary."""
     if thing is None:
         return "none"
-    if isinstance(thing, str | int | os.PathLike):
-        return str(thing) if isinstance(thing, int) else os.fspath(thing)
+    if isinstance(thing, int):
+        return str(thing)
+    if isinstance(thing, str | os.PathLike):
+        return os.fspath(thing)
     if isinstance(thing, Segmenter):
         thing = thing.predictor
-        return os.fspath(thing)
-    return str(getattr(thing, "spec", None) or getattr(thing, "path", None) or repr(thing))
+    return str(getattr(thing, "spec", None) or getattr(thing, "path", None)
+               or type(thing).__name__)
 
 
 def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
@@ -330,7 +333,8 @@ def run_demo(
 
     Args:
         model: a model file (.tflite, .onnx, .keras), a predictor or a :class:`Segmenter`.
-        source: a source spec (see :func:`edgeseg.video.open_source`) or an open source.
+        source: a source spec (see :func:`edgeseg.video.open_source`), an open source, or any
+            iterable of uint8 RGB frames.
         output: a sink spec (see :func:`edgeseg.video.open_sink`) or an open sink.
         alpha: the class colours' weight in the overlay, 0 to 1.
         view: "overlay", "mask" or "side" (the frame and the colour mask side by side).
@@ -372,7 +376,7 @@ def run_demo(
             src = open_source(source if isinstance(source, int) else os.fspath(source))
         else:
             src = source
-        stack.callback(src.close)
+        stack.callback(getattr(src, "close", lambda: None))
         if output is None or isinstance(output, str | os.PathLike):
             sink = open_sink(None if output is None else os.fspath(output))
         else:
