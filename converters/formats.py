@@ -56,6 +56,10 @@ def check_export_options(fmt: str, quant: str, io: str, output: str) -> ExportFo
         )
     if output not in OUTPUTS:
         raise ValueError(f"--output must be one of {', '.join(OUTPUTS)}; got {output!r}")
+    if quant == "qat" and output != "logits":
+        raise ValueError(
+            f"--quant qat fine-tunes on the logits; use --output logits (got --output {output})"
+        )
     if output != "logits" and io != "float32":
         raise ValueError(
             f"--output {output} with --io {io}: integer outputs are quantised logits; use "

@@ -6,9 +6,9 @@
 
 A worker thread captures and preprocesses the next frame while the main thread runs inference,
 postprocessing and drawing on the current one, so on a live source the end-to-end frame rate
-stays close to the inference-only rate. The worker runs at most ``queue_size`` frames ahead;
-on a live source the source itself keeps only the newest frame, so what is segmented is at most
-about one inference old.
+stays close to the inference-only rate. From a file every frame is segmented (the worker runs
+at most ``queue_size`` frames ahead); from a live source the worker prepares each new frame and
+keeps only the newest, so inference starts on a frame about one preprocessing old.
 
 Keys (in a window): q or Esc quit, space pause, m cycles the views (overlay, mask, side by
 side), s saves a snapshot of what is shown. Ctrl-C and the end of the stream end the run
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import queue
 import sys
 import threading
 import time
@@ -62,20 +61,27 @@ class _Prepared:
     started: float  # perf_counter() when its capture began
 
 
-_END = object()
-
-
 class _Prefetcher:
-    """Captures and preprocesses in a thread, at most ``depth`` frames ahead of inference."""
+    """Captures and preprocesses frames in a worker thread while the main thread runs the model.
+
+    From files and folders every frame is kept: the worker waits while ``depth`` prepared frames
+    are queued. From a live source the worker prepares each new frame as it arrives and keeps
+    only the newest, so inference always starts on the freshest frame (about one preprocessing
+    old, not one inference old); the frames it replaces count in ``discarded``.
+    """
 
     def __init__(self, source, segmenter: Segmenter, depth: int = 1):
         if depth < 1:
             raise ValueError(f"queue_size must be at least 1, got {depth}")
         self._frames = iter(source)
         self._segmenter = segmenter
-        self._queue: queue.Queue = queue.Queue()
-        self._slots = threading.Semaphore(depth)
+        self._live = bool(getattr(source, "live", False))
+        self._depth = depth
+        self._items: deque[_Prepared] = deque()
+        self._condition = threading.Condition()
         self._stop = threading.Event()
+        self._ended = False
+        self._error: BaseException | None = None
         self.discarded = 0
         self._thread = threading.Thread(target=self._run, name="edgeseg-capture", daemon=True)
         self._thread.start()
@@ -83,10 +89,12 @@ class _Prefetcher:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                if not self._slots.acquire(timeout=0.1):
-                    continue
-                if self._stop.is_set():
-                    break
+                if not self._live:
+                    with self._condition:
+                        while len(self._items) >= self._depth and not self._stop.is_set():
+                            self._condition.wait(0.1)
+                    if self._stop.is_set():
+                        break
                 t0 = time.perf_counter()
                 try:
                     frame = next(self._frames)
@@ -96,44 +104,37 @@ class _Prefetcher:
                 batch, geometry = self._segmenter.preprocess(frame)
                 t2 = time.perf_counter()
                 item = _Prepared(frame, batch, geometry, 1e3 * (t1 - t0), 1e3 * (t2 - t1), t0)
-                self._queue.put(item)
+                with self._condition:
+                    while self._live and len(self._items) >= self._depth:
+                        self._items.popleft()
+                        self.discarded += 1
+                    self._items.append(item)
+                    self._condition.notify_all()
         except BaseException as error:  # handed to the main thread, which reports it
-            self._queue.put(error)
-        self._queue.put(_END)
+            self._error = error
+        finally:
+            with self._condition:
+                self._ended = True
+                self._condition.notify_all()
 
     def get(self) -> _Prepared | None:
         """The next prepared frame, or None at the end of the stream."""
-        while True:
-            try:
-                item = self._queue.get(timeout=0.1)  # a timeout keeps Ctrl-C prompt
-            except queue.Empty:
-                continue
-            if item is _END:
-                self._queue.put(_END)  # later calls see the end too
-                return None
-            if isinstance(item, BaseException):
-                raise item
-            self._slots.release()
-            return item
-
-    def discard_waiting(self) -> None:
-        """Drops frames captured before a pause (a live source's are stale by now)."""
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if isinstance(item, _Prepared):
-                self.discarded += 1
-                self._slots.release()
-            else:
-                self._queue.put(item)
-                return
+        with self._condition:
+            while not self._items and not self._ended:
+                self._condition.wait(0.1)  # a timeout keeps Ctrl-C prompt
+            if self._items:
+                item = self._items.popleft()
+                self._condition.notify_all()
+                return item
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        return None
 
     def stop(self, source) -> None:
         """Stops the worker. A live source is closed first, which wakes a worker waiting on it."""
         self._stop.set()
-        if getattr(source, "live", False):
+        if self._live and hasattr(source, "close"):
             source.close()
         self._thread.join(10)
 
@@ -282,6 +283,52 @@ class StageTimes:
 # ----------------------------------------------------------------------------------- the loop
 
 
+class _Keys:
+    """What the keys do (quit, pause, next view, snapshot), and what they changed."""
+
+    def __init__(self, view: str, snapshot_dir: str | os.PathLike):
+        self.view = view
+        self.snapshot_dir = Path(snapshot_dir)
+        self.snapshots: list[str] = []
+        self.paused_seconds = 0.0
+
+    def handle(self, sink, drawer: FrameDrawer, canvas: np.ndarray, frame: np.ndarray,
+               labels: np.ndarray, index: int) -> bool:
+        """Acts on the key pressed since the last frame; True to quit."""
+        action = KEYS.get(sink.poll_key())
+        if action == "pause":
+            action = self._pause(sink, drawer, canvas, frame, labels, index)
+        if action == "view":
+            self._next_view()
+        elif action == "snapshot":
+            self._snapshot(canvas, index)
+        return action == "quit"
+
+    def _pause(self, sink, drawer, canvas, frame, labels, index) -> str | None:
+        """Shows the frame until space or quit; "quit" or None (resume)."""
+        started = time.perf_counter()
+        while (action := KEYS.get(sink.poll_key())) not in ("quit", "pause"):
+            if action == "view":
+                self._next_view()
+                canvas = drawer.draw(frame, labels, self.view, "paused")
+                sink.write(canvas)
+            elif action == "snapshot":
+                self._snapshot(canvas, index)
+            else:
+                time.sleep(0.03)
+        self.paused_seconds += time.perf_counter() - started
+        return "quit" if action == "quit" else None
+
+    def _next_view(self) -> None:
+        self.view = VIEWS[(VIEWS.index(self.view) + 1) % len(VIEWS)]
+
+    def _snapshot(self, canvas: np.ndarray, index: int) -> None:
+        name = f"snapshot-{time.strftime('%Y%m%d-%H%M%S')}-{index:06d}.png"
+        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        write_image(self.snapshot_dir / name, canvas)
+        self.snapshots.append(str(self.snapshot_dir / name))
+
+
 def _segmenter(model: Any, threads: int | None, resize: str) -> Segmenter:
     if isinstance(model, Segmenter):
         return model
@@ -345,7 +392,7 @@ def run_demo(
         show_hud: draw the legend and the heads-up line of fps and stage times.
         record_frames: add every frame's stage times to the summary (``per_frame_ms``).
         snapshot_dir: where the s key saves snapshots.
-        queue_size: frames captured and preprocessed ahead of inference.
+        queue_size: frames captured and preprocessed ahead of inference (files and folders).
         print_summary: print the summary at the end.
 
     Returns:
@@ -364,9 +411,8 @@ def run_demo(
 
     t_start = time.perf_counter()
     times = StageTimes()
-    snapshots: list[str] = []
+    keys = _Keys(view, snapshot_dir)
     ended_by, error, unexpected = "end of stream", None, None
-    paused_seconds = 0.0
     loop_start = loop_end = None
     frame_size = None
 
@@ -388,7 +434,6 @@ def run_demo(
         loop_start = time.perf_counter()
         prefetcher = _Prefetcher(src, segmenter, depth=queue_size)
         stack.callback(prefetcher.stop, src)  # runs before the source's close
-        canvas = last = None
         try:
             while max_frames is None or len(times) < max_frames:
                 item = prefetcher.get()
@@ -399,7 +444,7 @@ def run_demo(
                 t3 = time.perf_counter()
                 labels = segmenter.postprocess(output_batch, item.geometry)
                 t4 = time.perf_counter()
-                canvas = drawer.draw(item.frame, labels, view, times.hud())
+                canvas = drawer.draw(item.frame, labels, keys.view, times.hud())
                 t5 = time.perf_counter()
                 sink.write(canvas)
                 t6 = time.perf_counter()
@@ -415,33 +460,12 @@ def run_demo(
                     },
                     done=t6,
                 )
-                last, frame_size = (item.frame, labels), [item.frame.shape[1], item.frame.shape[0]]
+                frame_size = [item.frame.shape[1], item.frame.shape[0]]
                 loop_end = t6
 
-                action = KEYS.get(sink.poll_key())
-                if action == "pause":
-                    paused_at = time.perf_counter()
-                    action = None
-                    while action not in ("quit", "pause"):
-                        action = KEYS.get(sink.poll_key())
-                        if action == "view":
-                            view = VIEWS[(VIEWS.index(view) + 1) % len(VIEWS)]
-                            canvas = drawer.draw(*last, view, "paused")
-                            sink.write(canvas)
-                        elif action == "snapshot":
-                            snapshots.append(_snapshot(snapshot_dir, canvas, len(times)))
-                        elif action is None:
-                            time.sleep(0.03)
-                    paused_seconds += time.perf_counter() - paused_at
-                    if getattr(src, "live", False):
-                        prefetcher.discard_waiting()
-                if action == "quit":
+                if keys.handle(sink, drawer, canvas, item.frame, labels, len(times)):
                     ended_by = "quit key"
                     break
-                if action == "view":
-                    view = VIEWS[(VIEWS.index(view) + 1) % len(VIEWS)]
-                elif action == "snapshot":
-                    snapshots.append(_snapshot(snapshot_dir, canvas, len(times)))
             else:
                 ended_by = "max frames"
         except KeyboardInterrupt:
@@ -454,14 +478,14 @@ def run_demo(
     # The source and the sink are closed here: the video file is in place, the counts final.
 
     wall = loop_end - loop_start
-    active = max(wall - paused_seconds, 1e-9)
+    active = max(wall - keys.paused_seconds, 1e-9)
     stages = times.summary()
     inference = stages["inference"]
     summary = {
         "source": _describe(source),
         "model": _describe(model),
         "output": _describe(output),
-        "view": view,
+        "view": keys.view,
         "frames": len(times),
         "dropped": int(getattr(src, "dropped", 0)) + prefetcher.discarded,
         "skipped": int(getattr(src, "skipped", 0)),
@@ -470,12 +494,12 @@ def run_demo(
         "inference_fps": 1e3 / inference["median"] if inference else None,
         "stages_ms": stages,
         "wall_seconds": wall,
-        "paused_seconds": paused_seconds,
+        "paused_seconds": keys.paused_seconds,
         "startup_seconds": startup_seconds,
         "frame_size": frame_size,
         "model_input": list(segmenter.input_size),
         "frames_written": int(getattr(sink, "frames", 0)),
-        "snapshots": snapshots,
+        "snapshots": keys.snapshots,
         "ended_by": ended_by,
         "error": error,
     }
@@ -488,13 +512,6 @@ def run_demo(
     if unexpected is not None:
         raise unexpected
     return summary
-
-
-def _snapshot(folder: str | os.PathLike, canvas: np.ndarray, index: int) -> str:
-    path = Path(folder) / f"snapshot-{time.strftime('%Y%m%d-%H%M%S')}-{index:06d}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_image(path, canvas)
-    return str(path)
 
 
 def format_summary(summary: dict, summary_path: str | os.PathLike | None = None) -> str:

@@ -153,6 +153,12 @@ def cmd_quickstart(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_demo(args) -> int:
+    from edgeseg.demos.segment_live import run_from_args
+
+    return run_from_args(args)
+
+
 def cmd_bench(args) -> int:
     from edgeseg.bench.runner import DEFAULT_SIZES, benchmark, format_row, parse_sizes, write_jsonl
 
@@ -300,6 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qat-epochs", type=int, default=2)
     p.add_argument("--out", help="destination file")
     p.set_defaults(func=cmd_export)
+
+    from edgeseg.demos.segment_live import add_arguments as add_demo_arguments
+
+    p = sub.add_parser("demo", help="live segmentation of a camera, stream, video or folder, "
+                       "with per-stage ms / fps")
+    add_demo_arguments(p)
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

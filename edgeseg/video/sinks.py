@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -190,8 +189,13 @@ class DisplaySink(Sink):
         if key is None:
             code = cv2.waitKey(1)
             key = chr(code & 0xFF) if code >= 0 else None
-        if key is None and cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1:
-            return "q"
+        if key is None:
+            try:
+                visible = cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE)
+            except cv2.error:  # some backends raise for a window that is gone
+                visible = 0
+            if visible < 1:
+                return "q"
         return key
 
     def close(self) -> None:
@@ -233,21 +237,17 @@ class VideoFileSink(Sink):
 
     def _open(self, width: int, height: int) -> None:
         # The temporary name keeps the suffix: OpenCV picks the container from it.
-        handle, temp = tempfile.mkstemp(
-            prefix=f".{self.path.stem}.", suffix=".partial" + self.path.suffix,
-            dir=self.path.parent,
-        )
-        os.close(handle)
+        temp = self.path.with_name(f".{self.path.stem}.partial-{os.getpid()}{self.path.suffix}")
         writer = cv2.VideoWriter(
-            temp, cv2.VideoWriter.fourcc(*self.fourcc), self.fps, (width, height)
+            str(temp), cv2.VideoWriter.fourcc(*self.fourcc), self.fps, (width, height)
         )
         if not writer.isOpened():
-            os.unlink(temp)
+            temp.unlink(missing_ok=True)
             raise SinkError(
                 f"cannot write {self.path}: this OpenCV has no {self.fourcc!r} encoder for "
                 f"{self.path.suffix}; try out.avi (MJPG) or fourcc=..."
             )
-        self._writer, self._temp, self.size = writer, Path(temp), (width, height)
+        self._writer, self._temp, self.size = writer, temp, (width, height)
 
     def _write(self, frame: np.ndarray) -> None:
         height, width = frame.shape[:2]

@@ -629,8 +629,14 @@ def open_source(
         factory = capture_factory or (
             lambda url: default_capture_factory(url, cv2.CAP_FFMPEG, params)
         )
-        return LiveSource(spec, lambda: factory(target), describe=f"stream {target}",
-                          **live_options)
+        try:
+            return LiveSource(spec, lambda: factory(target), describe=f"stream {target}",
+                              **live_options)
+        except SourceError:
+            raise SourceError(
+                f"cannot open stream {target}: unreachable, refused, or not a stream OpenCV's "
+                f"FFmpeg can read (waited up to {float(opts['timeout']):g} s)"
+            ) from None
 
     factory = capture_factory or default_capture_factory
     if opts["live"]:  # a file played like a camera, at its own frame rate

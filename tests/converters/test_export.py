@@ -125,6 +125,31 @@ def test_int8_export_with_uint8_io_and_a_failing_drop_threshold(trained_run, tmp
     assert detail["dtype"] == np.uint8
 
 
+@pytest.mark.slow
+def test_qat_export_fine_tunes_and_writes_a_full_int8_graph(trained_run, tmp_path):
+    pytest.importorskip("tensorflow_model_optimization")
+    from edgeseg.converters.export import ExportRequest, export
+    from edgeseg.converters.qat import float_ops
+    from edgeseg.runtime import load_predictor
+
+    out = tmp_path / "model_qat.tflite"
+    report = export(ExportRequest(model=str(trained_run / "best.keras"), quant="qat", io="int8",
+                                  out=str(out), num_calib=8, num_val=6, qat_epochs=1))
+    assert report["passed"] and out.is_file()
+    assert float_ops(out.read_bytes()) == []
+    assert load_predictor(out).interpreter.get_input_details()[0]["dtype"] == np.int8
+    validation = report["validation"]
+    # The int8 graph is the fine-tuned model, not the source: most pixels still agree.
+    assert validation["pixel_agreement"] > 0.6, validation
+    assert validation["miou_drop_points"] == pytest.approx(
+        100 * (validation["miou_keras"] - validation["miou_export"]))
+
+
+def test_qat_export_needs_logits():
+    with pytest.raises(ValueError, match="--quant qat fine-tunes on the logits"):
+        check_export_options("tflite", "qat", "float32", "mask")
+
+
 def test_an_interrupted_export_leaves_no_file_at_the_destination(
     trained_run, tmp_path, monkeypatch
 ):
