@@ -47,6 +47,10 @@ def convert_keras_to_tflite(
 
     import keras
 
+    from edgeseg.models.layers import deployable
+
+    # The same function with operators XNNPACK runs fast (see edgeseg.models.layers.deployable).
+    model = deployable(model, integer=quant == "int8")
     input_shape = (1, *model.inputs[0].shape[1:])
     # Keras 3's own path to TFLite: an export archive (a SavedModel whose variables the converter
     # freezes into constants, so that batch norms fold into the convolutions), then the converter.

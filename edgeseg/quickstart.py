@@ -72,7 +72,7 @@ def quickstart(out: str = "runs/quickstart", train_minutes: float = 3.0, seed: i
     with _step(summary, "train") as step:
         run_dir = out_dir / "enet"
         record = train(TrainConfig(
-            model="enet", data=spec, out=str(run_dir), size=(320, 240), epochs=100, batch=8,
+            model="enet", data=spec, out=str(run_dir), size=(240, 180), epochs=100, batch=8,
             lr=5e-3, steps_per_epoch=15, max_minutes=train_minutes, seed=seed,
             resume=True, verbose=0,
         ))

@@ -10,9 +10,12 @@ keras = pytest.importorskip("keras")
 from edgeseg.models.layers import (  # noqa: E402
     ClassMask,
     CropTo,
+    LeakyDecomposedPReLU,
     MaxPoolWithIndices,
     PadToMultiple,
+    SubpixelConvTranspose,
     UnpoolWithIndices,
+    deployable,
     flat_indices,
 )
 from tests.helpers import keras_predict  # noqa: E402
@@ -145,3 +148,74 @@ def test_pool_unpool_convert_to_builtin_tflite_fp32_and_int8():
     assert same_place.sum() >= 0.8 * (want != 0).sum()
     scale = np.abs(want).max() / 127
     assert np.abs(got8 - want)[same_place].max() < 4 * scale
+
+
+def numpy_transposed_conv(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, stride: int):
+    """The definition: every input pixel adds ``x[i, j] @ K[r, c]`` at ``(s*i + r, s*j + c)``.
+    ``kernel`` is laid out as Keras keeps it, (kh, kw, out, in)."""
+    n, height, width, _ = x.shape
+    kh, kw, out, _ = kernel.shape
+    y = np.zeros((n, (height - 1) * stride + kh, (width - 1) * stride + kw, out), np.float64)
+    for i in range(height):
+        for j in range(width):
+            for r in range(kh):
+                for c in range(kw):
+                    y[:, stride * i + r, stride * j + c] += x[:, i, j] @ kernel[r, c].T
+    return y + bias
+
+
+@pytest.mark.parametrize("stride", [2, 3])
+def test_subpixel_transposed_conv_is_the_transposed_conv(stride):
+    rng = np.random.default_rng(stride)
+    x = rng.normal(size=(2, 5, 7, 3)).astype(np.float32)
+    layer = SubpixelConvTranspose(4, stride)
+    layer.build(x.shape)
+    kernel = rng.normal(size=(stride, stride, 4, 3)).astype(np.float32)
+    bias = rng.normal(size=4).astype(np.float32)
+    layer.set_weights([kernel, bias])
+    want = numpy_transposed_conv(x.astype(np.float64), kernel, bias, stride)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), want, atol=1e-5)
+    keras_layer = keras.layers.Conv2DTranspose(4, stride, strides=stride)
+    keras_layer.build(x.shape)
+    keras_layer.set_weights([kernel, bias])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(keras_layer(x)), want, atol=1e-5)
+
+
+def test_leaky_decomposed_prelu_is_prelu():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 4, 5, 6)).astype(np.float32)
+    alpha = rng.uniform(-0.5, 1.5, size=(1, 1, 6)).astype(np.float32)
+    layer = LeakyDecomposedPReLU(shared_axes=[1, 2])
+    layer.build(x.shape)
+    layer.set_weights([alpha])
+    want = np.where(x > 0, x, alpha * x)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), want, atol=1e-6)
+    with pytest.raises(ValueError, match="slope"):
+        LeakyDecomposedPReLU(slope=0.0)
+
+
+@pytest.mark.slow
+def test_deployable_enet_computes_the_same_and_runs_int8_without_prelu_or_deconv():
+    from edgeseg.converters.tflite import convert_keras_to_tflite, tflite_op_names
+    from edgeseg.models import build
+
+    model = build("enet", 5, (48, 64, 3))
+    rng = np.random.default_rng(0)
+    for weight in model.weights:
+        if "alpha" in weight.path:  # slopes away from PReLU's initial 0.25
+            weight.assign(rng.uniform(0, 0.6, weight.shape).astype(np.float32))
+    x = rng.random((1, 48, 64, 3), dtype=np.float32)
+    for integer in (False, True):
+        fast = deployable(model, integer=integer)
+        kinds = {type(layer).__name__ for layer in fast.layers}
+        assert "SubpixelConvTranspose" in kinds
+        assert ("LeakyDecomposedPReLU" in kinds) == integer
+        np.testing.assert_allclose(keras_predict(fast, x), keras_predict(model, x), atol=1e-4)
+    int8 = convert_keras_to_tflite(
+        model, "int8", lambda: (rng.random((48, 64, 3), dtype=np.float32) for _ in range(8))
+    )
+    ops = tflite_op_names(int8)
+    assert "PRELU" not in ops and "LEAKY_RELU" in ops
+    # The final 2x2 full convolution became a 1x1 conv and a depth-to-space TRANSPOSE; the two
+    # 3x3 decoder deconvolutions (overlapping windows) remain TRANSPOSE_CONV.
+    assert "TRANSPOSE" in ops and "TRANSPOSE_CONV" in ops
