@@ -32,6 +32,7 @@ def export_all(name: str, size: tuple[int, int], work: Path, num_classes: int) -
 
     width, height = size
     tag = f"{name}_{width}x{height}"
+    work.mkdir(parents=True, exist_ok=True)
     model = build(name, num_classes, (height, width, 3), **MODEL_OPTIONS[name])
     classes = list(SYNTHETIC_CLASSES)[:num_classes]
     sidecar = {"model": name, "classes": classes, "size": [width, height],
@@ -79,8 +80,12 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
-    results.unlink(missing_ok=True)
-    for name in args.models.split(","):
+    models = args.models.split(",")
+    # Rows of other models stay: measuring one model again replaces only its rows.
+    kept = [line for line in (results.read_text().splitlines() if results.exists() else [])
+            if json.loads(line)["model"] not in models]
+    results.write_text("".join(line + "\n" for line in kept))
+    for name in models:
         for size_text in args.sizes.split(","):
             size = parse_size(size_text)
             artifacts = export_all(name, size, work / f"{name}_{size_text}", args.num_classes)

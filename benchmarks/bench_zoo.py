@@ -125,6 +125,27 @@ def main() -> None:
                 tmp.write_text(json.dumps(report, indent=1))
                 os.replace(tmp, out)
             keras.backend.clear_session()
+    out.with_suffix(".md").write_text(markdown(report))
+
+
+def markdown(report: dict) -> str:
+    """Model x size rows, one ms (fps) column per mode."""
+    modes = list(dict.fromkeys(r["mode"] for r in report["rows"]))
+    device = report["device"]
+    lines = [
+        f"# Zoo forward-pass latency, batch 1: {device['cpu']}, {device['threads']} threads\n",
+        f"`{report['command']}`; random weights, 12 classes; median ms (fps).\n",
+        "| model | params | size | " + " | ".join(modes) + " |",
+        "|---" * (3 + len(modes)) + "|",
+    ]
+    cells: dict = {}
+    for r in report["rows"]:
+        text = f"failed: {r['error'][:60]}" if "error" in r else f"{r['median_ms']:.1f} ({r['fps']:.1f})"
+        cells.setdefault((r["model"], r["size"], r["params"]), {})[r["mode"]] = text
+    for (model, size, params), by_mode in cells.items():
+        lines.append(f"| {model} | {params / 1e6:.2f}M | {size} | "
+                     + " | ".join(by_mode.get(m, "") for m in modes) + " |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -276,49 +276,106 @@ class LeakyDecomposedPReLU(keras.layers.Layer):
         return {**super().get_config(), "shared_axes": self.shared_axes, "slope": self.slope}
 
 
+def subpixel_taps(kernel_size: int, stride: int, padding: str) -> tuple[int, list[list[tuple]]]:
+    """Which kernel taps feed which output phase of a 1-D transposed convolution.
+
+    A transposed convolution adds ``x[i] * K[t]`` at output ``s*i + t - p`` (``p`` the padding
+    before, as in the forward convolution it is the gradient of). Output ``s*m + r`` (phase
+    ``r``) therefore reads ``x[m + d]`` through tap ``t`` where ``d = (r + p - t) / s`` is whole.
+
+    Returns:
+        ``(p, taps)``: ``taps[r]`` lists ``(t, d)`` for phase ``r``.
+    """
+    p = max(kernel_size - stride, 0) // 2 if padding == "same" else 0
+    taps = [[(t, (r + p - t) // stride) for t in range(kernel_size) if (r + p - t) % stride == 0]
+            for r in range(stride)]
+    return p, taps
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class SubpixelConvTranspose(keras.layers.Layer):
-    """A transposed convolution whose kernel equals its stride, as a 1x1 conv and a depth-to-space.
+    """A strided transposed convolution as one convolution and a depth-to-space (no zeros inserted).
 
-    With kernel == stride the output windows do not overlap: output pixel ``(s*i + r, s*j + c)``
-    is ``x[i, j] @ K[r, c] + b``, so one 1x1 convolution to ``s*s*C`` channels followed by a
-    reshape / transpose / reshape computes it exactly. It holds the same ``kernel``
-    ``(s, s, out, in)`` and ``bias`` as ``keras.layers.Conv2DTranspose``. LiteRT runs ENet's final
-    2x2 full convolution this way in 0.5 ms instead of 2 ms (fp32) and 13 ms (int8, XNNPACK's
-    deconvolution with few channels) at 320x240.
+    Each of the ``s x s`` output phases is a small convolution of the input with some of the
+    kernel's taps (:func:`subpixel_taps`); their kernels are stacked on the output channels of one
+    convolution, whose ``s*s*C`` channels a reshape / transpose / reshape interleaves into the
+    ``s``-times larger map. The layer holds the same ``kernel`` ``(k, k, out, in)`` and ``bias``
+    as ``keras.layers.Conv2DTranspose`` and computes the same function, for ``padding="same"``
+    and for ``"valid"`` with ``k <= s``. LiteRT runs ENet's final 2x2 full convolution this way in
+    0.5 ms instead of 2 ms (fp32) and 13 ms (int8: XNNPACK's deconvolution with few channels) at
+    320x240.
     """
 
-    def __init__(self, filters: int, stride: int, use_bias: bool = True, **kwargs):
+    def __init__(self, filters: int, kernel_size: int, stride: int, padding: str = "valid",
+                 use_bias: bool = True, **kwargs):
         super().__init__(**kwargs)
+        if padding not in ("same", "valid") or (padding == "valid" and kernel_size > stride):
+            raise ValueError(
+                f"SubpixelConvTranspose computes padding 'same', or 'valid' with kernel_size <= "
+                f"stride; got padding {padding!r}, kernel_size {kernel_size}, stride {stride}"
+            )
         self.filters = int(filters)
+        self.kernel_size = int(kernel_size)
         self.stride = int(stride)
+        self.padding = padding
         self.use_bias = bool(use_bias)
 
     def build(self, input_shape):
-        s = self.stride
-        self.kernel = self.add_weight(shape=(s, s, self.filters, input_shape[-1]), name="kernel")
+        k = self.kernel_size
+        self.kernel = self.add_weight(shape=(k, k, self.filters, input_shape[-1]), name="kernel")
         self.bias = self.add_weight(shape=(self.filters,), initializer="zeros",
                                     name="bias") if self.use_bias else None
+
+    def _phase_kernel(self):
+        """(n, n, in, s*s*out): the phases' kernels, zero where a phase has no tap."""
+        s, k = self.stride, self.kernel_size
+        _, taps = subpixel_taps(k, s, self.padding)
+        offsets = [d for phase in taps for _, d in phase]
+        low, size = min(offsets), max(offsets) - min(offsets) + 1
+        zeros = ops.zeros_like(ops.transpose(self.kernel[0, 0], (1, 0)))  # (in, out)
+        rows = []
+        for a in range(size):
+            cols = []
+            for b in range(size):
+                blocks = []
+                for tr in taps:
+                    for tc in taps:
+                        t_r = next((t for t, d in tr if d - low == a), None)
+                        t_c = next((t for t, d in tc if d - low == b), None)
+                        blocks.append(zeros if t_r is None or t_c is None
+                                      else ops.transpose(self.kernel[t_r, t_c], (1, 0)))
+                cols.append(ops.concatenate(blocks, axis=-1))  # (in, s*s*out), phase-major
+            rows.append(ops.stack(cols, axis=0))
+        return ops.stack(rows, axis=0), low, size
 
     def call(self, inputs):
         s, filters = self.stride, self.filters
         height, width = _static_hw(inputs.shape, self.name)
-        channels = inputs.shape[-1]
-        # (s, s, out, in) -> (in, s, s, out) -> (1, 1, in, s*s*out)
-        kernel = ops.reshape(ops.transpose(self.kernel, (3, 0, 1, 2)), (1, 1, channels, -1))
-        y = ops.conv(inputs, kernel, strides=1, padding="valid")
+        kernel, low, size = self._phase_kernel()
+        # Output phase m reads inputs m + low .. m + low + size - 1: pad so every m in 0..H-1
+        # has them (zeros outside the map, as the transposed convolution has).
+        before, after = -low, low + size - 1
+        x = inputs
+        if before or after:
+            x = ops.pad(x, [[0, 0], [max(before, 0), max(after, 0)],
+                            [max(before, 0), max(after, 0)], [0, 0]])
+        y = ops.conv(x, kernel, strides=1, padding="valid")
         y = ops.reshape(y, (-1, height, width, s, s, filters))
         y = ops.transpose(y, (0, 1, 3, 2, 4, 5))
         y = ops.reshape(y, (-1, height * s, width * s, filters))
         return y + self.bias if self.bias is not None else y
 
+    def _output_hw(self, height, width):
+        # Keras' lengths: s*H for "same", s*H + max(k - s, 0) for "valid" (here k <= s).
+        return height * self.stride, width * self.stride
+
     def compute_output_shape(self, input_shape):
         n, h, w, _ = input_shape
-        return (n, h * self.stride, w * self.stride, self.filters)
+        return (n, *self._output_hw(h, w), self.filters)
 
     def get_config(self):
-        return {**super().get_config(), "filters": self.filters, "stride": self.stride,
-                "use_bias": self.use_bias}
+        return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
+                "stride": self.stride, "padding": self.padding, "use_bias": self.use_bias}
 
 
 def _is_subpixel_transpose(layer) -> bool:
@@ -326,9 +383,11 @@ def _is_subpixel_transpose(layer) -> bool:
         return False
     config = layer.get_config()
     kernel, strides = tuple(config["kernel_size"]), tuple(config["strides"])
-    return (kernel == strides and kernel[0] == kernel[1] and config["padding"] == "valid"
-            and tuple(config["dilation_rate"]) == (1, 1) and config.get("output_padding") is None
-            and config["activation"] == "linear" and config["data_format"] == "channels_last")
+    square = kernel[0] == kernel[1] and strides[0] == strides[1] > 1
+    padding_ok = config["padding"] == "same" or kernel[0] <= strides[0]
+    return (square and padding_ok and tuple(config["dilation_rate"]) == (1, 1)
+            and config.get("output_padding") is None and config["activation"] == "linear"
+            and config["data_format"] == "channels_last")
 
 
 def deployable(model: keras.Model, integer: bool = False) -> keras.Model:
@@ -345,7 +404,8 @@ def deployable(model: keras.Model, integer: bool = False) -> keras.Model:
                                         name=layer.name)
         if _is_subpixel_transpose(layer):
             config = layer.get_config()
-            return SubpixelConvTranspose(config["filters"], config["strides"][0],
+            return SubpixelConvTranspose(config["filters"], config["kernel_size"][0],
+                                         config["strides"][0], config["padding"],
                                          use_bias=config["use_bias"], name=layer.name)
         return None
 

@@ -164,21 +164,35 @@ def numpy_transposed_conv(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, s
     return y + bias
 
 
-@pytest.mark.parametrize("stride", [2, 3])
-def test_subpixel_transposed_conv_is_the_transposed_conv(stride):
-    rng = np.random.default_rng(stride)
-    x = rng.normal(size=(2, 5, 7, 3)).astype(np.float32)
-    layer = SubpixelConvTranspose(4, stride)
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "size"),
+    [(2, 2, "valid", (5, 7)), (3, 3, "valid", (4, 6)), (2, 3, "valid", (3, 5)),
+     (3, 2, "same", (5, 7)), (3, 2, "same", (6, 4)), (4, 2, "same", (5, 5)),
+     (5, 3, "same", (4, 3))],
+)
+def test_subpixel_transposed_conv_is_the_transposed_conv(kernel, stride, padding, size):
+    rng = np.random.default_rng(kernel * 10 + stride)
+    x = rng.normal(size=(2, *size, 3)).astype(np.float32)
+    weights = [rng.normal(size=(kernel, kernel, 4, 3)).astype(np.float32),
+               rng.normal(size=4).astype(np.float32)]
+    reference = keras.layers.Conv2DTranspose(4, kernel, strides=stride, padding=padding)
+    reference.build(x.shape)
+    reference.set_weights(weights)
+    want = keras.ops.convert_to_numpy(reference(x))
+    if kernel == stride:  # Keras against the definition too
+        np.testing.assert_allclose(
+            want, numpy_transposed_conv(x.astype(np.float64), *weights, stride), atol=1e-4)
+    layer = SubpixelConvTranspose(4, kernel, stride, padding)
     layer.build(x.shape)
-    kernel = rng.normal(size=(stride, stride, 4, 3)).astype(np.float32)
-    bias = rng.normal(size=4).astype(np.float32)
-    layer.set_weights([kernel, bias])
-    want = numpy_transposed_conv(x.astype(np.float64), kernel, bias, stride)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), want, atol=1e-5)
-    keras_layer = keras.layers.Conv2DTranspose(4, stride, strides=stride)
-    keras_layer.build(x.shape)
-    keras_layer.set_weights([kernel, bias])
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(keras_layer(x)), want, atol=1e-5)
+    layer.set_weights(weights)
+    got = keras.ops.convert_to_numpy(layer(x))
+    assert got.shape == want.shape == (2, *layer.compute_output_shape(x.shape)[1:])
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_subpixel_refuses_what_it_cannot_compute():
+    with pytest.raises(ValueError, match="kernel_size <= stride"):
+        SubpixelConvTranspose(4, 3, 2, "valid")
 
 
 def test_leaky_decomposed_prelu_is_prelu():
@@ -216,6 +230,5 @@ def test_deployable_enet_computes_the_same_and_runs_int8_without_prelu_or_deconv
     )
     ops = tflite_op_names(int8)
     assert "PRELU" not in ops and "LEAKY_RELU" in ops
-    # The final 2x2 full convolution became a 1x1 conv and a depth-to-space TRANSPOSE; the two
-    # 3x3 decoder deconvolutions (overlapping windows) remain TRANSPOSE_CONV.
-    assert "TRANSPOSE" in ops and "TRANSPOSE_CONV" in ops
+    # Every transposed convolution became a convolution and a depth-to-space TRANSPOSE.
+    assert "TRANSPOSE" in ops and "TRANSPOSE_CONV" not in ops
