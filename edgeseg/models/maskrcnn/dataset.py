@@ -1,0 +1,119 @@
+"""Instance samples for Mask R-CNN: COCO-format data (or the synthetic scenes) at the model's size.
+
+Images are resized as matterport's ``resize_image(mode="square")`` does: the longer side is
+scaled to the model's input size, keeping the aspect ratio, and the rest is zero padding (here
+at the bottom and right, so that normalised coordinates of the padded image map back to the
+frame by one scale). Masks are resized with nearest neighbour and the boxes taken from the
+resized masks (matterport's ``extract_bboxes``), so boxes and masks always agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from edgeseg.data import CocoInstances, DataError, parse_dataset_spec, read_coco_instances
+from edgeseg.data.synthetic import ensure_synthetic
+from edgeseg.models.maskrcnn.ops import normalize_boxes
+
+INSTANCE_FORMATS = ("coco", "synthetic")
+
+
+def open_instances(spec: str, split: str = "train") -> CocoInstances:
+    """The instances of a data spec: ``coco:PATH``, ``synthetic``, ``synthetic?...`` or
+    ``synthetic:PATH`` (the synthetic scenes' COCO annotations).
+
+    Raises:
+        DataError: a spec of a format without instance annotations, naming the accepted ones.
+    """
+    name, path, options = parse_dataset_spec(spec)
+    if name not in INSTANCE_FORMATS:
+        raise DataError(
+            f"dataset spec {spec!r}: instance segmentation needs instance annotations, which "
+            f"{name!r} does not have; accepted: coco:PATH (COCO instances json, polygons or "
+            "RLE), synthetic, synthetic?n_train=..., synthetic:PATH"
+        )
+    if name == "synthetic" and path is None:
+        path = ensure_synthetic(**options)
+    return read_coco_instances(path, split)
+
+
+@dataclass
+class InstanceSample:
+    """One image at the model's input size and its instances.
+
+    ``image`` (S, S, 3) uint8 RGB; ``boxes`` (N, 4) float32 normalised (y1, x1, y2, x2) in the
+    padded image (:func:`edgeseg.models.maskrcnn.ops.normalize_boxes`); ``class_ids`` (N,)
+    int32 in 1..K; ``masks`` (N, S, S) uint8 0/1; ``scale`` the resize factor and ``window``
+    the (height, width) of the image inside the padding, in model pixels.
+    """
+
+    image: np.ndarray
+    boxes: np.ndarray
+    class_ids: np.ndarray
+    masks: np.ndarray
+    scale: float
+    window: tuple[int, int]
+    image_id: int | None = None
+
+
+def mask_boxes(masks: np.ndarray) -> np.ndarray:
+    """(N, 4) pixel boxes (y1, x1, y2, x2), y2 / x2 exclusive, around each non-empty mask."""
+    boxes = np.zeros((len(masks), 4), np.float32)
+    for i, mask in enumerate(masks):
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        if rows.size:
+            boxes[i] = (rows[0], cols[0], rows[-1] + 1, cols[-1] + 1)
+    return boxes
+
+
+def resize_square(image: np.ndarray, size: int) -> tuple[np.ndarray, float, tuple[int, int]]:
+    """The image scaled so its longer side is ``size``, padded to (size, size) with zeros."""
+    height, width = image.shape[:2]
+    scale = size / max(height, width)
+    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    resized = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+    out = np.zeros((size, size, *image.shape[2:]), image.dtype)
+    out[:new_h, :new_w] = resized
+    return out, scale, (new_h, new_w)
+
+
+def prepare_instances(sample: dict, size: int, min_pixels: int = 4) -> InstanceSample:
+    """A :class:`CocoInstances` sample at the model's (size, size) input.
+
+    Instances whose mask keeps fewer than ``min_pixels`` pixels after resizing are dropped.
+    """
+    image, scale, window = resize_square(sample["image"], size)
+    masks = np.zeros((0, size, size), np.uint8)
+    if len(sample["masks"]):
+        # cv2.resize takes at most 512 channels: resize masks one by one.
+        masks = np.stack([resize_square(m, size)[0] if m.ndim == 2 else m
+                          for m in sample["masks"].astype(np.uint8)])
+        masks = (masks > 0).astype(np.uint8)
+    keep = masks.reshape(len(masks), -1).sum(axis=1) >= min_pixels
+    masks = masks[keep]
+    boxes = normalize_boxes(mask_boxes(masks), size) if len(masks) else np.zeros((0, 4), np.float32)
+    return InstanceSample(
+        image=image, boxes=boxes.astype(np.float32),
+        class_ids=np.asarray(sample["class_ids"], np.int32)[keep], masks=masks,
+        scale=float(scale), window=window, image_id=sample.get("image_id"),
+    )
+
+
+def frame_boxes(boxes: np.ndarray, sample_scale: float, input_size: int,
+                frame_size: tuple[int, int]) -> np.ndarray:
+    """Normalised boxes of the padded model input -> pixel boxes (x0, y0, x1, y1) of the frame.
+
+    ``frame_size`` is (height, width). Boxes are clipped to the frame.
+    """
+    height, width = frame_size
+    pixels = np.asarray(boxes, np.float64) * (input_size - 1)  # normalised -> model pixels
+    y1, x1, y2, x2 = (pixels[..., i] / sample_scale for i in range(4))
+    # The normalised y2 / x2 are the last pixel inside (exclusive end - 1).
+    y2, x2 = y2 + 1 / sample_scale, x2 + 1 / sample_scale
+    out = np.stack([np.clip(x1, 0, width), np.clip(y1, 0, height),
+                    np.clip(x2, 0, width), np.clip(y2, 0, height)], axis=-1)
+    return out.astype(np.float32)
