@@ -201,6 +201,10 @@ def evaluate_dataset(model, dataset_tf, num_classes: int) -> dict:
 
 def train(config: TrainConfig, strategy=None) -> dict:
     """Runs (or resumes) training; returns the run record written to run.json."""
+    if config.model == "mobile_mask_rcnn":  # instance segmentation has a training loop of its own
+        from edgeseg.models.maskrcnn.train import train_mask_rcnn
+
+        return train_mask_rcnn(config)
     import keras
     import tensorflow as tf
 
