@@ -72,8 +72,12 @@ def cmd_info(args) -> int:
     out = profile.output_shape
     print(f"model          {args.model} ({spec.paper})")
     print(f"input          {width}x{height}x3")
-    print(f"output         {out[1]}x{out[0]}" + (f"x{out[2]}" if len(out) > 2 else "")
-          + f" ({model.outputs[0].dtype})")
+    if isinstance(model.output, dict):  # detections: one padded tensor per output
+        for name, tensor in model.output.items():
+            print(f"output         {name} {tuple(tensor.shape)} ({tensor.dtype})")
+    else:
+        print(f"output         {out[1]}x{out[0]}" + (f"x{out[2]}" if len(out) > 2 else "")
+              + f" ({model.outputs[0].dtype})")
     print(f"parameters     {profile.params:,} ({profile.params / 1e6:.3f}M)")
     print(f"GMACs          {profile.gmacs:.3f} (convolutions and dense layers, batch 1)")
     print(f"fp32 weights   {profile.fp32_megabytes:.2f} MB")

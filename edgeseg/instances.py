@@ -363,3 +363,70 @@ def instances_to_panoptic(
         taken |= visible
         next_id += 1
     return out_semantic, out_instance
+
+
+# --- the model input and the frame -------------------------------------------------------------
+
+
+def mask_boxes(masks: np.ndarray) -> np.ndarray:
+    """(N, 4) pixel boxes (y1, x1, y2, x2), y2 / x2 exclusive, around each non-empty mask."""
+    boxes = np.zeros((len(masks), 4), np.float32)
+    for i, mask in enumerate(masks):
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        if rows.size:
+            boxes[i] = (rows[0], cols[0], rows[-1] + 1, cols[-1] + 1)
+    return boxes
+
+
+def resize_square(image: np.ndarray, size: int) -> tuple[np.ndarray, float, tuple[int, int]]:
+    """The image scaled so its longer side is ``size``, padded to (size, size) with zeros."""
+    height, width = image.shape[:2]
+    scale = size / max(height, width)
+    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    resized = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+    out = np.zeros((size, size, *image.shape[2:]), image.dtype)
+    out[:new_h, :new_w] = resized
+    return out, scale, (new_h, new_w)
+
+
+def frame_boxes(boxes: np.ndarray, sample_scale: float, input_size: int,
+                frame_size: tuple[int, int]) -> np.ndarray:
+    """Normalised boxes of the padded model input -> pixel boxes (x0, y0, x1, y1) of the frame.
+
+    ``frame_size`` is (height, width). Boxes are clipped to the frame.
+    """
+    height, width = frame_size
+    pixels = np.asarray(boxes, np.float64) * (input_size - 1)  # normalised -> model pixels
+    y1, x1, y2, x2 = (pixels[..., i] / sample_scale for i in range(4))
+    # The normalised y2 / x2 are the last pixel inside (exclusive end - 1).
+    y2, x2 = y2 + 1 / sample_scale, x2 + 1 / sample_scale
+    out = np.stack([np.clip(x1, 0, width), np.clip(y1, 0, height),
+                    np.clip(x2, 0, width), np.clip(y2, 0, height)], axis=-1)
+    return out.astype(np.float32)
+
+
+def frame_detections(outputs: dict, input_size: int, scale: float, window: tuple[int, int],
+                     frame_size: tuple[int, int], mode: str = "bilinear",
+                     threshold: float = 0.5) -> dict:
+    """Padded detections of the model input -> the frame's boxes (x0, y0, x1, y1) and masks.
+
+    Returns:
+        ``{"boxes": (n, 4) float32 pixels, "classes": (n,), "scores": (n,), "masks": (n, H, W)
+        bool}``, n the valid count.
+    """
+    count = int(np.asarray(outputs["count"]).reshape(-1)[0])
+    boxes = np.asarray(outputs["boxes"]).reshape(-1, 4)[:count]
+    classes = np.asarray(outputs["classes"]).reshape(-1)[:count].astype(np.int32)
+    scores = np.asarray(outputs["scores"]).reshape(-1)[:count].astype(np.float32)
+    small = np.asarray(outputs["masks"]).reshape(-1, *np.shape(outputs["masks"])[-2:])[:count]
+    height, width = frame_size
+    masks = np.zeros((count, height, width), bool)
+    if count:
+        pasted = paste_masks(small, boxes, (input_size, input_size), mode=mode,
+                             threshold=threshold)
+        for i, mask in enumerate(pasted):
+            inside = mask[: window[0], : window[1]].astype(np.uint8)
+            masks[i] = cv2.resize(inside, (width, height), interpolation=cv2.INTER_NEAREST) > 0
+    return {"boxes": frame_boxes(boxes, scale, input_size, frame_size), "classes": classes,
+            "scores": scores, "masks": masks}

@@ -40,7 +40,8 @@ class ModelProfile:
 
 
 def _hw(shape) -> int:
-    return math.prod(int(d) for d in shape[1:-1])
+    # An unknown axis (the ROIs of a Mask R-CNN head) counts once; profile_model multiplies.
+    return math.prod(int(d) for d in shape[1:-1] if d is not None)
 
 
 def layer_macs(layer) -> int:
@@ -59,9 +60,18 @@ def layer_macs(layer) -> int:
         c_in = layer.input.shape[-1] // layer.groups
         return _hw(layer.output.shape) * kh * kw * c_in * layer.filters
     if isinstance(layer, keras.layers.Dense):
-        leading = math.prod(int(d) for d in layer.input.shape[1:-1]) or 1
+        leading = _hw(layer.input.shape) or 1
         return leading * layer.input.shape[-1] * layer.units
     return 0
+
+
+def _roi_count(nested) -> int:
+    """How many ROIs a nested per-ROI model (input (B, None, ...)) is called on, else 1."""
+    shape = nested.inputs[0].shape
+    if len(shape) < 3 or shape[1] is not None or not nested._inbound_nodes:
+        return 1
+    called = nested._inbound_nodes[0].input_tensors[0].shape
+    return int(called[1]) if called[1] is not None else 1
 
 
 def profile_model(model) -> ModelProfile:
@@ -71,7 +81,7 @@ def profile_model(model) -> ModelProfile:
     macs = 0
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            macs += profile_model(layer).macs
+            macs += profile_model(layer).macs * _roi_count(layer)
         else:
             macs += layer_macs(layer)
     trainable = sum(math.prod(w.shape) for w in model.trainable_weights)

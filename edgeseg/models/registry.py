@@ -76,13 +76,39 @@ _MODELS: dict[str, ModelSpec] = {
                 "fc_channels": (4096, "channels of fc6 / fc7 (the paper: 4096)"),
             },
         ),
+        ModelSpec(
+            name="mobile_mask_rcnn",
+            builder="edgeseg.models.maskrcnn.network:build_mobile_mask_rcnn",
+            task="instance",
+            summary="Mobile Mask R-CNN: MobileNet + FPN instance segmentation, whole graph in TFLite",
+            paper="He et al. 2017, ICCV (arXiv 1703.06870); GustavZ/Mobile_Mask_RCNN",
+            output_stride=32,
+            default_size=(512, 512),
+            fixed_size_ok=False,
+            options={
+                "backbone": ("mobilenet_v2", "'mobilenet' (V1) or 'mobilenet_v2'"),
+                "alpha": (1.0, "MobileNet width multiplier"),
+                "backbone_weights": (None, "local .h5 / .weights.h5 of the keras.applications "
+                                           "backbone (no download)"),
+                "fpn_channels": (128, "channels of P2-P6 (matterport: 256)"),
+                "rpn_channels": (256, "the RPN's shared conv (matterport: 512)"),
+                "box_fc": (512, "the box head's two FC layers (matterport: 1024)"),
+                "mask_channels": (128, "the mask head's convs (matterport: 256)"),
+                "pre_nms": (1000, "anchors kept before the RPN's NMS"),
+                "proposals": (100, "ROIs after the RPN's NMS (GustavZ: 100)"),
+                "max_detections": (100, "detections per image, padded"),
+                "min_confidence": (0.7, "score threshold of the detections"),
+                "detection_nms": (0.3, "IoU threshold of the per-class NMS"),
+                "rpn_nms": (0.7, "IoU threshold of the RPN's NMS"),
+            },
+        ),
     )
 }
 
 
-def list_models() -> list[str]:
-    """Names of the registered models, sorted."""
-    return sorted(_MODELS)
+def list_models(task: str | None = None) -> list[str]:
+    """Names of the registered models, sorted; ``task`` ("semantic" or "instance") filters."""
+    return sorted(name for name, spec in _MODELS.items() if task in (None, spec.task))
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -102,7 +128,8 @@ def build(name: str, num_classes: int, input_shape: tuple[int, int, int] | None 
 
     Args:
         name: one of ``list_models()``.
-        num_classes: number of classes the model predicts (void / ignore not included).
+        num_classes: number of classes the model predicts (void / ignore not included); for
+            instance models (Mask R-CNN) the background class 0 counts: 81 for COCO.
         input_shape: (H, W, C); defaults to the paper's training size with 3 channels.
         **options: the family's options (see ``get_spec(name).options``) and ``output``
             ("logits", "probs" or "mask").

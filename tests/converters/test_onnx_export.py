@@ -46,7 +46,7 @@ def small_model(name: str, **options):
     return model
 
 
-@pytest.fixture(scope="module", params=list_models())
+@pytest.fixture(scope="module", params=list_models("semantic"))
 def exported(request):
     """(name, Keras model, ONNX proto) for every registered model, converted once per module."""
     model = small_model(request.param)

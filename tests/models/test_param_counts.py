@@ -71,7 +71,7 @@ def test_fcn8s_upsampling_starts_as_bilinear_interpolation():
 
 
 def test_unknown_model_names_the_valid_ones_and_the_closest():
-    with pytest.raises(ValueError, match=r"valid models: enet, fcn8s, segnet, unet.*'segnet'"):
+    with pytest.raises(ValueError, match=r"valid models: enet, fcn8s, mobile_mask_rcnn, segnet, unet.*'segnet'"):
         build("segnett", 2)
 
 
@@ -83,3 +83,23 @@ def test_unknown_option_is_rejected():
 def test_every_model_has_a_spec():
     for name in list_models():
         assert get_spec(name).output_stride in (8, 16, 32)
+
+
+def test_mask_rcnn_macs_count_every_roi_of_the_heads():
+    from edgeseg.models.analysis import profile_model
+    from edgeseg.models.maskrcnn.config import MaskRCNNConfig
+    from edgeseg.models.maskrcnn.network import build_mask_head, build_trunk
+
+    options = {"alpha": 0.35, "fpn_channels": 32, "box_fc": 64, "mask_channels": 16,
+               "proposals": 20, "max_detections": 10}
+    model = build("mobile_mask_rcnn", 5, (128, 128, 3), **options)
+    config = MaskRCNNConfig(num_classes=5, image_size=(128, 128), **{
+        k: v for k, v in options.items()})
+    trunk = profile_model(build_trunk(config)).macs
+    # Box head per ROI: 7x7x32 -> 64 -> 64 -> 5 logits and 20 deltas, from its definition.
+    box = 7 * 7 * 32 * 64 + 64 * 64 + 64 * 5 + 64 * 20
+    # Mask head per ROI: four 3x3 convs at 14x14, a 2x2 stride-2 deconv, a 1x1 conv at 28x28.
+    mask = (14 * 14 * 9 * 32 * 16 + 3 * 14 * 14 * 9 * 16 * 16 + 14 * 14 * 4 * 16 * 16
+            + 28 * 28 * 16 * 5)
+    assert profile_model(build_mask_head(config)).macs == mask
+    assert profile_model(model).macs == trunk + 20 * box + 10 * mask

@@ -23,10 +23,10 @@ NUM_CLASSES = 5
 
 
 def test_every_registered_model_has_a_small_test_configuration():
-    assert sorted(SMALL_MODELS) == list_models()
+    assert sorted(SMALL_MODELS) == list_models("semantic")
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models("semantic"))
 @pytest.mark.parametrize(("height", "width"), ODD_SIZES)
 def test_output_has_the_input_size(name, height, width):
     model = build(name, NUM_CLASSES, (height, width, 3), **SMALL_MODELS[name])
@@ -35,7 +35,7 @@ def test_output_has_the_input_size(name, height, width):
     assert np.isfinite(y).all()
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models("semantic"))
 @pytest.mark.parametrize("output", ["probs", "mask"])
 def test_output_heads(name, output):
     logits_model = build(name, NUM_CLASSES, (37, 50, 3), **SMALL_MODELS[name])
@@ -52,7 +52,7 @@ def test_output_heads(name, output):
         np.testing.assert_array_equal(y, logits.argmax(-1))
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models("semantic"))
 def test_config_round_trip_and_keras_save_reload(name, tmp_path):
     model = build(name, NUM_CLASSES, (37, 50, 3), **SMALL_MODELS[name])
     clone = keras.Model.from_config(model.get_config())
@@ -66,7 +66,7 @@ def test_config_round_trip_and_keras_save_reload(name, tmp_path):
     np.testing.assert_array_equal(keras_predict(reloaded, x), keras_predict(model, x))
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models("semantic"))
 def test_one_training_step_lowers_the_loss_on_a_fixed_batch(name):
     keras.utils.set_random_seed(0)
     model = build(name, NUM_CLASSES, (32, 48, 3), **SMALL_MODELS[name])
@@ -85,7 +85,7 @@ def test_one_training_step_lowers_the_loss_on_a_fixed_batch(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models("semantic"))
 def test_converts_to_builtin_tflite_fp32_and_int8(name):
     from edgeseg.converters.tflite import convert_keras_to_tflite, non_builtin_ops
     from edgeseg.runtime_tflite import load_interpreter, run_interpreter
@@ -135,7 +135,7 @@ print(keras.backend.backend())
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models("semantic"))
 def test_jax_backend_matches_tensorflow(name, tmp_path):
     pytest.importorskip("jax", reason="the JAX backend test needs jax: pip install 'edgeseg[jax]'")
     shape = (37, 50, 3)

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from edgeseg.data import CocoInstances, DataError, parse_dataset_spec, read_coco_instances
 from edgeseg.data.synthetic import ensure_synthetic
+from edgeseg.instances import frame_boxes, mask_boxes, resize_square
 from edgeseg.models.maskrcnn.ops import normalize_boxes
+
+__all__ = ["InstanceSample", "frame_boxes", "mask_boxes", "open_instances", "prepare_instances",
+           "resize_square"]
 
 INSTANCE_FORMATS = ("coco", "synthetic")
 
@@ -59,28 +62,6 @@ class InstanceSample:
     image_id: int | None = None
 
 
-def mask_boxes(masks: np.ndarray) -> np.ndarray:
-    """(N, 4) pixel boxes (y1, x1, y2, x2), y2 / x2 exclusive, around each non-empty mask."""
-    boxes = np.zeros((len(masks), 4), np.float32)
-    for i, mask in enumerate(masks):
-        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-        if rows.size:
-            boxes[i] = (rows[0], cols[0], rows[-1] + 1, cols[-1] + 1)
-    return boxes
-
-
-def resize_square(image: np.ndarray, size: int) -> tuple[np.ndarray, float, tuple[int, int]]:
-    """The image scaled so its longer side is ``size``, padded to (size, size) with zeros."""
-    height, width = image.shape[:2]
-    scale = size / max(height, width)
-    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
-    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    resized = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
-    out = np.zeros((size, size, *image.shape[2:]), image.dtype)
-    out[:new_h, :new_w] = resized
-    return out, scale, (new_h, new_w)
-
-
 def prepare_instances(sample: dict, size: int, min_pixels: int = 4) -> InstanceSample:
     """A :class:`CocoInstances` sample at the model's (size, size) input.
 
@@ -101,19 +82,3 @@ def prepare_instances(sample: dict, size: int, min_pixels: int = 4) -> InstanceS
         class_ids=np.asarray(sample["class_ids"], np.int32)[keep], masks=masks,
         scale=float(scale), window=window, image_id=sample.get("image_id"),
     )
-
-
-def frame_boxes(boxes: np.ndarray, sample_scale: float, input_size: int,
-                frame_size: tuple[int, int]) -> np.ndarray:
-    """Normalised boxes of the padded model input -> pixel boxes (x0, y0, x1, y1) of the frame.
-
-    ``frame_size`` is (height, width). Boxes are clipped to the frame.
-    """
-    height, width = frame_size
-    pixels = np.asarray(boxes, np.float64) * (input_size - 1)  # normalised -> model pixels
-    y1, x1, y2, x2 = (pixels[..., i] / sample_scale for i in range(4))
-    # The normalised y2 / x2 are the last pixel inside (exclusive end - 1).
-    y2, x2 = y2 + 1 / sample_scale, x2 + 1 / sample_scale
-    out = np.stack([np.clip(x1, 0, width), np.clip(y1, 0, height),
-                    np.clip(x2, 0, width), np.clip(y2, 0, height)], axis=-1)
-    return out.astype(np.float32)

@@ -11,40 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import cv2
 import numpy as np
 
 from edgeseg.data import CocoInstances
-from edgeseg.instances import coco_category_ids, coco_instance_eval, encode_mask, paste_masks
-from edgeseg.models.maskrcnn.dataset import frame_boxes, resize_square
+from edgeseg.instances import (
+    coco_category_ids,
+    coco_instance_eval,
+    encode_mask,
+    frame_detections,
+    resize_square,
+)
 
 Predictor = Callable[[np.ndarray], dict]
-
-
-def frame_detections(outputs: dict, input_size: int, scale: float, window: tuple[int, int],
-                     frame_size: tuple[int, int], mode: str = "bilinear",
-                     threshold: float = 0.5) -> dict:
-    """Padded detections of the model input -> the frame's boxes (x0, y0, x1, y1) and masks.
-
-    Returns:
-        ``{"boxes": (n, 4) float32 pixels, "classes": (n,), "scores": (n,), "masks": (n, H, W)
-        bool}``, n the valid count.
-    """
-    count = int(np.asarray(outputs["count"]).reshape(-1)[0])
-    boxes = np.asarray(outputs["boxes"]).reshape(-1, 4)[:count]
-    classes = np.asarray(outputs["classes"]).reshape(-1)[:count].astype(np.int32)
-    scores = np.asarray(outputs["scores"]).reshape(-1)[:count].astype(np.float32)
-    small = np.asarray(outputs["masks"]).reshape(-1, *np.shape(outputs["masks"])[-2:])[:count]
-    height, width = frame_size
-    masks = np.zeros((count, height, width), bool)
-    if count:
-        pasted = paste_masks(small, boxes, (input_size, input_size), mode=mode,
-                             threshold=threshold)
-        for i, mask in enumerate(pasted):
-            inside = mask[: window[0], : window[1]].astype(np.uint8)
-            masks[i] = cv2.resize(inside, (width, height), interpolation=cv2.INTER_NEAREST) > 0
-    return {"boxes": frame_boxes(boxes, scale, input_size, frame_size), "classes": classes,
-            "scores": scores, "masks": masks}
 
 
 def evaluate_instances(predict: Predictor, instances: CocoInstances, input_size: int,

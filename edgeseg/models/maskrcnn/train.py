@@ -41,7 +41,15 @@ TRAIN_OPTIONS = {
     "eval_min_confidence": 0.05,  # the COCO evaluation's score threshold (Detectron: 0.05)
     "eval_images": 50,
     "gradient_clip_norm": 5.0,
+    "bn_momentum": 0.9,  # of the batch norms that train (see MaskRCNNTrainer)
 }
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
 
 
 def _split_options(options: dict) -> tuple[dict, dict]:
@@ -116,6 +124,15 @@ class MaskRCNNTrainer:
             parts = build_trunk(config), build_box_head(config), build_mask_head(config)
         self.trunk, self.box_head, self.mask_head = parts
         freeze_backbone(self.trunk, training["freeze"], train_bn=bool(training["train_bn"]))
+        if training["train_bn"]:
+            # keras.applications' MobileNets use a moving-average momentum of 0.999 (ImageNet's
+            # long schedule): trained from scratch for a few thousand steps their moving
+            # statistics would still lag far behind, and the inference graph, which uses them,
+            # would see other features than training did.
+            for part in parts:
+                for layer in _all_layers(part):
+                    if isinstance(layer, keras.layers.BatchNormalization):
+                        layer.momentum = float(training["bn_momentum"])
         self.anchors = config.anchors()
         self.propose = ProposalLayer(
             config.image_size, config.anchor_scales, config.anchor_ratios,
