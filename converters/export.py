@@ -176,10 +176,12 @@ def validate_export(reference_model, artifact: Path, images, labels, num_classes
 
 def export(request: ExportRequest) -> dict:
     """Exports, validates and writes the report; returns the report."""
-    row = check_export_options(request.format, request.quant, request.io, request.output)
     source_path = Path(request.model)
-    source = load_keras_model(source_path)
     metadata = read_metadata(source_path) or {}
+    if metadata.get("model") == "mobile_mask_rcnn":
+        return export_instances(request, source_path, metadata)
+    row = check_export_options(request.format, request.quant, request.io, request.output)
+    source = load_keras_model(source_path)
     height, width = source.inputs[0].shape[1:3]
     size = tuple(request.size or metadata.get("size") or (width, height))
     train_spec = request.calib or (metadata.get("config") or {}).get("data")
@@ -275,3 +277,107 @@ def _size_of(path: Path) -> int:
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     return path.stat().st_size
+
+
+def export_instances(request: ExportRequest, source_path: Path, metadata: dict) -> dict:
+    """A Mask R-CNN export (``edgeseg.converters.maskrcnn_export``), validated on detections.
+
+    ``max_miou_drop`` bounds the drop of the COCO mask AP (points) for these models.
+    """
+    from edgeseg.converters.maskrcnn_export import (
+        calibration_images,
+        check_instance_options,
+        convert_instance_tflite,
+        validate_instance_export,
+    )
+    from edgeseg.models.maskrcnn.dataset import open_instances
+
+    check_instance_options(request.format, request.quant, request.io, request.output)
+    suffix = {"tflite": ".tflite", "onnx": ".onnx"}[request.format]
+    out = Path(request.out or source_path.with_name(f"{source_path.stem}_{request.quant}{suffix}"))
+    if out.suffix != suffix:
+        raise ValueError(f"--format {request.format} writes {suffix} files; got --out {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = load_keras_model(source_path, compile=False)
+    size = int(model.inputs[0].shape[1])
+    if request.size and tuple(request.size) != (size, size):
+        raise ValueError(
+            f"mobile_mask_rcnn has a fixed {size}x{size} input (its anchors are constants); "
+            f"--size {request.size[0]}x{request.size[1]} would need another model"
+        )
+    train_spec = request.calib or (metadata.get("config") or {}).get("data")
+    val_spec = request.val_data or train_spec
+    if request.quant == "int8" and not train_spec:
+        raise ValueError("--quant int8 needs calibration images: pass --calib SPEC (coco:PATH "
+                         "or synthetic), or export a model trained by edgeseg")
+    calibration = None
+    if request.quant == "int8":
+        calibration = calibration_images(open_instances(train_spec, "train"), size,
+                                         request.num_calib)
+
+    tmp = atomic_destination(out)
+    started = time.time()
+    quant_mode = request.quant
+    try:
+        if request.format == "tflite":
+            from edgeseg.converters.tflite import non_builtin_ops
+
+            blob, quant_mode = convert_instance_tflite(model, request.quant, calibration)
+            bad = non_builtin_ops(blob)
+            if bad:
+                raise RuntimeError(f"the TFLite graph needs non-builtin ops {bad}; refusing to "
+                                   "write it")
+            tmp.write_bytes(blob)
+        else:
+            from edgeseg.converters.onnx_export import convert_keras_to_onnx
+
+            tmp.write_bytes(convert_keras_to_onnx(model).SerializeToString())
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    seconds = time.time() - started
+
+    sidecar = {
+        "model": "mobile_mask_rcnn",
+        "task": "instance",
+        "source": str(source_path),
+        "format": request.format,
+        "quant": request.quant,
+        "quant_mode": quant_mode,
+        "io": "float32",
+        "output": "detections",
+        "classes": metadata.get("classes"),
+        "palette": metadata.get("palette"),
+        "size": [size, size],
+        "input_size": [size, size],
+        "normalisation": metadata.get("normalisation") or {"scale": 1 / 255, "offset": 0.0},
+        "embedded_metadata": "not embedded: MediaPipe's ImageSegmenter reads semantic models",
+        "edgeseg_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_json_atomic(out.with_name(out.name + ".json"), sidecar)
+    report = {
+        "request": {**asdict(request), "size": [size, size]},
+        "artifact": str(out),
+        "artifact_bytes": _size_of(out),
+        "convert_seconds": seconds,
+        "quant_mode": quant_mode,
+        "validation": None,
+        "passed": True,
+    }
+    if val_spec:
+        report["validation"] = validate_instance_export(
+            model, out, open_instances(val_spec, "val"), size, request.num_val)
+        report["validation"]["data"] = val_spec
+        drop = report["validation"]["mask_ap_drop_points"]
+        if request.max_miou_drop is not None and drop > request.max_miou_drop:
+            report["passed"] = False
+    write_json_atomic(out.with_name(out.name + ".report.json"), report)
+    if not report["passed"]:
+        raise ExportValidationError(
+            f"{out}: mask AP dropped {report['validation']['mask_ap_drop_points']:.2f} points "
+            f"(> --max-miou-drop {request.max_miou_drop}); see {out.name}.report.json"
+        )
+    return report
+

@@ -22,6 +22,7 @@ def convert_keras_to_tflite(
     quant: str = "none",
     representative_data: Callable[[], Iterable[np.ndarray]] | None = None,
     io_type: str = "float32",
+    float_fallback: bool = False,
 ) -> bytes:
     """Converts a Keras 3 model with one image input to a TFLite flatbuffer (batch size 1).
 
@@ -30,6 +31,8 @@ def convert_keras_to_tflite(
         representative_data: for ``int8``, a callable returning an iterable of float32 images
             (H, W, C) or batches (1, H, W, C) in the model's input range; 100-500 images is usual.
         io_type: input / output type of a full-int8 model; other modes take float32 only.
+        float_fallback: with ``int8``, ops without an integer kernel (TFLite's NMS) run in
+            float instead of failing the conversion; still builtin ops only.
     """
     import tensorflow as tf
 
@@ -64,11 +67,11 @@ def convert_keras_to_tflite(
         )
         archive.write_out(saved_model_dir, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
-        _configure(converter, quant, representative_data, io_type)
+        _configure(converter, quant, representative_data, io_type, float_fallback)
         return converter.convert()
 
 
-def _configure(converter, quant, representative_data, io_type) -> None:
+def _configure(converter, quant, representative_data, io_type, float_fallback=False) -> None:
     import tensorflow as tf
 
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -80,6 +83,8 @@ def _configure(converter, quant, representative_data, io_type) -> None:
     elif quant == "int8":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if float_fallback:
+            converter.target_spec.supported_ops.append(tf.lite.OpsSet.TFLITE_BUILTINS)
 
         def representative_dataset():
             for image in representative_data():

@@ -354,8 +354,11 @@ def roi_align(feature_maps, boxes, pool_size, image_size):
     upper = top_left + (top_right - top_left) * x_lerp
     lower = bottom_left + (bottom_right - bottom_left) * x_lerp
     crops = upper + (lower - upper) * y_lerp
-    inside = ops.logical_and(inside_y[:, :, :, None, None], inside_x[:, :, None, :, None])
-    return ops.where(inside, crops, ops.zeros_like(crops))
+    # A product of 0 / 1 masks rather than a 5-D broadcasting select: TFLite's calibrator
+    # (full-int8 conversion) aborts on SELECT_V2 / LOGICAL_AND broadcast over five dimensions.
+    inside = (ops.cast(inside_y, dtype)[:, :, :, None, None]
+              * ops.cast(inside_x, dtype)[:, :, None, :, None])
+    return crops * inside
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

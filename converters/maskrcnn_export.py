@@ -1,0 +1,145 @@
+"""Export of a trained mobile Mask R-CNN: the whole graph, image to padded detections.
+
+TFLite fp32 / fp16 / dynamic / int8 and ONNX. Full int8 is tried first; TFLite's NMS has no
+integer kernel, so where full int8 cannot convert, the model is converted with int8 kernels
+wherever they exist and float ones elsewhere (NMS, the box decoding), and the report says so.
+Every export is validated like the semantic ones: on held-out images the artifact's detections
+are matched with the Keras model's (same class, greatest box IoU), and the COCO mask AP of both
+against the labels gives the drop.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+INSTANCE_QUANT = ("none", "fp16", "dynamic", "int8")
+INSTANCE_FORMATS = ("tflite", "onnx")
+
+
+def check_instance_options(fmt: str, quant: str, io: str, output: str) -> None:
+    """A ValueError saying what a Mask R-CNN export accepts."""
+    if fmt not in INSTANCE_FORMATS:
+        raise ValueError(
+            f"mobile_mask_rcnn exports to --format {' / '.join(INSTANCE_FORMATS)}; got {fmt!r}"
+        )
+    allowed = INSTANCE_QUANT if fmt == "tflite" else ("none",)
+    if quant not in allowed:
+        raise ValueError(
+            f"mobile_mask_rcnn --format {fmt} accepts --quant {' / '.join(allowed)}; got {quant!r}"
+        )
+    if io != "float32":
+        raise ValueError(
+            f"mobile_mask_rcnn takes and returns float tensors (an image in [0, 1]; boxes, "
+            f"scores, masks): use --io float32, got --io {io}"
+        )
+    if output not in ("logits", "detections"):
+        raise ValueError(
+            f"mobile_mask_rcnn outputs its padded detections; --output {output} does not apply"
+        )
+
+
+def calibration_images(instances, size: int, count: int, seed: int = 0) -> np.ndarray:
+    """Up to ``count`` training images as the model sees them: (n, 1, S, S, 3) float32 [0, 1]."""
+    from edgeseg.instances import resize_square
+
+    order = np.random.default_rng(seed).permutation(len(instances))[:count]
+    return np.stack([resize_square(instances[int(i)]["image"], size)[0][None] / np.float32(255)
+                     for i in order]).astype(np.float32)
+
+
+def convert_instance_tflite(model, quant: str, calibration) -> tuple[bytes, str]:
+    """(flatbuffer, int8 mode): full int8 where it converts, else int8 with float fallback."""
+    from edgeseg.converters.tflite import convert_keras_to_tflite
+
+    if quant != "int8":
+        return convert_keras_to_tflite(model, quant), quant
+    try:
+        return convert_keras_to_tflite(model, "int8", lambda: iter(calibration)), "full int8"
+    except Exception as error:  # the converter's error for ops without int8 kernels
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else repr(error)
+        blob = convert_keras_to_tflite(model, "int8", lambda: iter(calibration),
+                                       float_fallback=True)
+        return blob, f"mixed: int8 kernels where they exist, float elsewhere ({reason})"
+
+
+def match_detections(reference: dict, other: dict, iou_threshold: float = 0.5) -> dict:
+    """Greedy matching of two detection sets in the same frame (same class, box IoU).
+
+    Both are ``edgeseg.instances.frame_detections`` dicts. Returns the counts, the matched
+    pairs' box and mask IoUs.
+    """
+    from edgeseg.models.maskrcnn.targets import box_iou_numpy
+
+    def yxyx(boxes):
+        return np.asarray(boxes, np.float64)[:, [1, 0, 3, 2]].reshape(-1, 4)
+
+    n_ref, n_other = len(reference["classes"]), len(other["classes"])
+    box_ious, mask_ious = [], []
+    if n_ref and n_other:
+        iou = box_iou_numpy(yxyx(reference["boxes"]), yxyx(other["boxes"]))
+        iou[reference["classes"][:, None] != other["classes"][None, :]] = 0
+        taken = np.zeros(n_other, bool)
+        for i in np.argsort(-reference["scores"], kind="stable"):
+            candidates = np.where(taken, -1, iou[i])
+            j = int(candidates.argmax())
+            if candidates[j] < iou_threshold:
+                continue
+            taken[j] = True
+            box_ious.append(float(iou[i, j]))
+            a, b = reference["masks"][i], other["masks"][j]
+            union = np.logical_or(a, b).sum()
+            mask_ious.append(float(np.logical_and(a, b).sum() / union) if union else 1.0)
+    return {"reference": n_ref, "other": n_other, "matched": len(box_ious),
+            "box_ious": box_ious, "mask_ious": mask_ious}
+
+
+def validate_instance_export(keras_model, artifact, instances, size: int, num_images: int) -> dict:
+    """Detections of the artifact against the Keras model's, and the COCO AP of both."""
+    from edgeseg.instances import frame_detections, resize_square
+    from edgeseg.models.maskrcnn.evaluate import evaluate_instances, keras_predictor
+    from edgeseg.runtime import load_predictor
+    from edgeseg.runtime.instances import detect
+
+    reference = keras_predictor(keras_model)
+    predictor = load_predictor(artifact)
+
+    def exported(image: np.ndarray) -> dict:
+        return detect(predictor, image[None].astype(np.float32) / 255.0)
+
+    count = min(num_images, len(instances))
+    totals = {"reference": 0, "other": 0, "matched": 0, "box_ious": [], "mask_ious": []}
+    timings = []
+    for i in range(count):
+        frame = instances[i]["image"]
+        image, scale, window = resize_square(frame, size)
+        ref = frame_detections(reference(image), size, scale, window, frame.shape[:2])
+        started = time.perf_counter()
+        raw = exported(image)
+        timings.append(time.perf_counter() - started)
+        got = frame_detections(raw, size, scale, window, frame.shape[:2])
+        match = match_detections(ref, got)
+        for key in ("reference", "other", "matched"):
+            totals[key] += match[key]
+        totals["box_ious"] += match["box_ious"]
+        totals["mask_ious"] += match["mask_ious"]
+    keras_ap = evaluate_instances(reference, instances, size, limit=count)
+    export_ap = evaluate_instances(exported, instances, size, limit=count)
+    matched = totals["matched"]
+    return {
+        "num_images": count,
+        "keras_detections": totals["reference"],
+        "export_detections": totals["other"],
+        "matched": matched,
+        "matched_fraction": matched / totals["reference"] if totals["reference"] else 1.0,
+        "box_iou_mean": float(np.mean(totals["box_ious"])) if matched else None,
+        "box_iou_min": float(np.min(totals["box_ious"])) if matched else None,
+        "mask_iou_mean": float(np.mean(totals["mask_ious"])) if matched else None,
+        "mask_iou_min": float(np.min(totals["mask_ious"])) if matched else None,
+        "keras": keras_ap,
+        "export": export_ap,
+        "mask_ap_drop_points": 100 * (keras_ap["mask_AP"] - export_ap["mask_AP"]),
+        "mask_ap50_drop_points": 100 * (keras_ap["mask_AP50"] - export_ap["mask_AP50"]),
+        "export_ms_per_image": 1e3 * float(np.median(timings)) if timings else None,
+    }
