@@ -14,6 +14,10 @@ Keys (in a window): q or Esc quit, space pause, m cycles the views (overlay, mas
 side), s saves a snapshot of what is shown. Ctrl-C and the end of the stream end the run
 cleanly: the source and the sink are closed and a summary is printed and, with
 ``summary_path``, written as JSON.
+
+An instance model (a mobile Mask R-CNN: ``is_instance_model``) runs through an
+:class:`InstanceSegmenter` instead: the overlay shows each instance's mask, box and "class
+score", the mask view the instance masks on black, and the summary the mean instances per frame.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edgeseg.runtime import Segmenter, load_predictor
+from edgeseg.runtime import InstanceSegmenter, Segmenter, is_instance_model, load_predictor
 from edgeseg.runtime.segmenter import RESIZE_MODES
 from edgeseg.video import SourceError, open_sink, open_source, write_image
 
@@ -239,6 +243,27 @@ class FrameDrawer:
         cv2.putText(canvas, text, (6, 4 + text_h), font, scale, (255, 255, 255), 1, cv2.LINE_AA)
 
 
+class InstanceFrameDrawer(FrameDrawer):
+    """A :class:`FrameDrawer` for an :class:`InstanceSegmenter`'s detections (not label maps)."""
+
+    def compose(self, frame: np.ndarray, detections: dict, view: str) -> np.ndarray:
+        """As :meth:`InstanceSegmenter.overlay`, the instance masks on black, or side by side."""
+        if view == "overlay":
+            return self.segmenter.overlay(frame, detections, self.alpha)
+        if view == "mask":
+            return self.segmenter.colourise(detections, frame.shape[:2])
+        if view == "side":
+            return np.hstack([frame, self.segmenter.colourise(detections, frame.shape[:2])])
+        raise ValueError(f"view must be one of {', '.join(VIEWS)}; got {view!r}")
+
+    def _legend_ids(self, detections: dict) -> tuple[int, ...]:
+        known = len(self.names) if self.names else 0
+        if 1 < known <= self.max_legend_classes + 1:  # every class but the background
+            return tuple(range(1, known))
+        present = sorted({int(c) for c in detections["classes"]})
+        return tuple(present[: self.max_legend_classes])
+
+
 # ----------------------------------------------------------------------------------- timings
 
 
@@ -329,11 +354,13 @@ class _Keys:
         self.snapshots.append(str(self.snapshot_dir / name))
 
 
-def _segmenter(model: Any, threads: int | None, resize: str) -> Segmenter:
-    if isinstance(model, Segmenter):
+def _segmenter(model: Any, threads: int | None, resize: str) -> Segmenter | InstanceSegmenter:
+    if isinstance(model, Segmenter | InstanceSegmenter):
         return model
     if isinstance(model, str | os.PathLike):
-        return Segmenter(load_predictor(model, threads=threads), resize=resize)
+        model = load_predictor(model, threads=threads)
+    if is_instance_model(model):  # Mask R-CNN: its own square padding, whatever ``resize`` says
+        return InstanceSegmenter(model)
     return Segmenter(model, resize=resize)  # a predictor object
 
 
@@ -345,7 +372,7 @@ def _describe(thing: Any) -> str:
         return str(thing)
     if isinstance(thing, str | os.PathLike):
         return os.fspath(thing)
-    if isinstance(thing, Segmenter):
+    if isinstance(thing, Segmenter | InstanceSegmenter):
         thing = thing.predictor
     return str(getattr(thing, "spec", None) or getattr(thing, "path", None)
                or type(thing).__name__)
@@ -379,7 +406,8 @@ def run_demo(
     """Segments a source's frames into a sink until the stream ends, q, Ctrl-C or ``max_frames``.
 
     Args:
-        model: a model file (.tflite, .onnx, .keras), a predictor or a :class:`Segmenter`.
+        model: a model file (.tflite, .onnx, .keras), a predictor, a :class:`Segmenter` or an
+            :class:`InstanceSegmenter` (chosen for an instance model's file or predictor).
         source: a source spec (see :func:`edgeseg.video.open_source`), an open source, or any
             iterable of uint8 RGB frames.
         output: a sink spec (see :func:`edgeseg.video.open_sink`) or an open sink.
@@ -388,7 +416,8 @@ def run_demo(
         max_frames: stop after this many frames (default: the whole stream).
         summary_path: where to write the summary as JSON (atomically).
         threads: CPU threads for the model's runtime.
-        resize: "resize" or "letterbox" (see :class:`Segmenter`).
+        resize: "resize" or "letterbox" (see :class:`Segmenter`; instance models always scale
+            and pad to their square input).
         show_hud: draw the legend and the heads-up line of fps and stage times.
         record_frames: add every frame's stage times to the summary (``per_frame_ms``).
         snapshot_dir: where the s key saves snapshots.
@@ -398,7 +427,8 @@ def run_demo(
     Returns:
         The summary: frames, dropped, skipped, reopened, fps (end to end), inference_fps (1000 /
         median inference ms), stages_ms ({stage: {median, p90}}), source, model, output,
-        wall_seconds, and how the run ended (ended_by, error).
+        wall_seconds, and how the run ended (ended_by, error); for an instance model also
+        instances (the mean number per frame).
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
@@ -415,6 +445,7 @@ def run_demo(
     ended_by, error, unexpected = "end of stream", None, None
     loop_start = loop_end = None
     frame_size = None
+    instance_counts: list[int] = []
 
     with ExitStack() as stack:
         segmenter = _segmenter(model, threads, resize)
@@ -428,7 +459,9 @@ def run_demo(
         else:
             sink = output
         stack.callback(sink.close)
-        drawer = FrameDrawer(segmenter, alpha=alpha, show_hud=show_hud)
+        instance_model = isinstance(segmenter, InstanceSegmenter)
+        drawer_class = InstanceFrameDrawer if instance_model else FrameDrawer
+        drawer = drawer_class(segmenter, alpha=alpha, show_hud=show_hud)
         startup_seconds = time.perf_counter() - t_start
 
         loop_start = time.perf_counter()
@@ -461,6 +494,8 @@ def run_demo(
                     done=t6,
                 )
                 frame_size = [item.frame.shape[1], item.frame.shape[0]]
+                if instance_model:
+                    instance_counts.append(len(labels["scores"]))
                 loop_end = t6
 
                 if keys.handle(sink, drawer, canvas, item.frame, labels, len(times)):
@@ -503,6 +538,8 @@ def run_demo(
         "ended_by": ended_by,
         "error": error,
     }
+    if instance_model:
+        summary["instances"] = float(np.mean(instance_counts)) if instance_counts else 0.0
     if record_frames:
         summary["per_frame_ms"] = times.ms
     if summary_path is not None:

@@ -6,15 +6,18 @@ probabilities (N, H, W, K), or a label map (N, H, W). Loading a .tflite model im
 NumPy and OpenCV only, never TensorFlow.
 """
 
+from edgeseg.runtime.instances import InstanceSegmenter, is_instance_model
 from edgeseg.runtime.predictor import FORMATS_BY_SUFFIX, Predictor, load_predictor, read_metadata
 from edgeseg.runtime.segmenter import Segmenter, default_palette
 from edgeseg.runtime.tiling import segment_tiled
 
 __all__ = [
     "FORMATS_BY_SUFFIX",
+    "InstanceSegmenter",
     "Predictor",
     "Segmenter",
     "default_palette",
+    "is_instance_model",
     "load_predictor",
     "read_metadata",
     "segment_tiled",
