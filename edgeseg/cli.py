@@ -124,6 +124,11 @@ def cmd_eval(args) -> int:
 
     result = evaluate(args.model, args.data, split=args.split, limit=args.limit,
                       save_vis=args.save_vis, json_path=args.json)
+    if result.get("task") == "instance":
+        from edgeseg.evaluate import format_instance_report
+
+        print(format_instance_report(result))
+        return 0
     print(format_report(result, result["classes"]))
     return 0
 

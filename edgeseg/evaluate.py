@@ -71,6 +71,7 @@ def load_keras_model(path: str | os.PathLike, compile: bool = False):
     # metrics that a saved edgeseg model refers to by name.
     import edgeseg.models.fcn.network
     import edgeseg.models.layers
+    import edgeseg.models.maskrcnn.network
     import edgeseg.train.keras_metrics
     import edgeseg.train.losses  # noqa: F401
 
@@ -387,6 +388,14 @@ def evaluate(
     model_path = Path(model_path).expanduser()
     predictor = load_predictor(model_path)
     metadata = predictor.metadata
+    from edgeseg.runtime.instances import is_instance_model
+
+    if is_instance_model(predictor):
+        result = evaluate_instance_model(predictor, data_spec, split, limit)
+        result["model"] = str(model_path)
+        if json_path is not None:
+            write_json_atomic(json_path, result)
+        return result
     dataset = open_dataset(data_spec, split)
 
     if predictor.format == "keras":
@@ -424,6 +433,43 @@ def evaluate(
     if json_path is not None:
         write_json_atomic(json_path, result)
     return result
+
+
+def evaluate_instance_model(predictor, data_spec: str, split: str = "val",
+                            limit: int | None = None) -> dict:
+    """COCO box and mask AP, AP50, AP75 of a Mask R-CNN predictor (.keras / .tflite / .onnx).
+
+    The data spec must have instance annotations (``coco:PATH`` or the synthetic scenes).
+    """
+    from edgeseg.models.maskrcnn.dataset import open_instances
+    from edgeseg.models.maskrcnn.evaluate import evaluate_instances
+    from edgeseg.runtime.instances import detect
+
+    instances = open_instances(data_spec, split)
+    classes = predictor.metadata.get("classes")
+    if classes is not None and list(classes) != list(instances.classes):
+        raise ValueError(
+            f"model {predictor.path} detects {', '.join(classes[1:])} but dataset {data_spec!r} "
+            f"({split}) has {', '.join(instances.classes[1:])}; evaluate a model trained on "
+            "this dataset's classes"
+        )
+    width, height = predictor.input_size or tuple(predictor.metadata["size"])
+    scores = evaluate_instances(
+        lambda image: detect(predictor, image[None].astype(np.float32) / 255.0),
+        instances, int(height), limit=limit)
+    return {**scores, "task": "instance", "architecture": predictor.metadata.get("model"),
+            "format": predictor.format, "data": data_spec, "split": split,
+            "input_size": [int(width), int(height)], "classes": list(instances.classes)}
+
+
+def format_instance_report(result: Mapping) -> str:
+    """The COCO table of an instance evaluation: AP, AP50, AP75 for boxes and masks."""
+    lines = [f"{'':6} {'AP':>6} {'AP50':>6} {'AP75':>6}"]
+    for kind in ("box", "mask"):
+        lines.append(f"{kind:6} " + " ".join(
+            f"{100 * result[f'{kind}_{k}']:6.1f}" for k in ("AP", "AP50", "AP75")))
+    lines.append(f"{result['num_images']} images, {result['num_detections']} detections")
+    return "\n".join(lines)
 
 
 # --- output -------------------------------------------------------------------------------------

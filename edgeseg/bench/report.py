@@ -17,10 +17,14 @@ from collections.abc import Iterable
 from pathlib import Path
 
 PAPER_SOURCE = "Paszke et al. 2016, ENet (arXiv 1606.02147), inference time, batch 1"
-PAPER_DEVICES = {"TX1": "Jetson TX1 (ENet paper)", "Titan X": "NVIDIA Titan X (ENet paper)"}
+PAPER_DEVICES = {"TX1": "Jetson TX1 (ENet paper)", "Titan X": "NVIDIA Titan X (ENet paper)",
+                 "K40c": "Tesla K40c (Mobile_Mask_RCNN, seed document)"}
+MASK_RCNN_SOURCE = ("the seed document on GustavZ/Mobile_Mask_RCNN (mobile_mask_rcnn_coco.h5, "
+                    "145 ms, 203 ms on average)")
 
 
-def _paper_row(model: str, device: str, size: str, ms: float, fps: float) -> dict:
+def _paper_row(model: str, device: str, size: str, ms: float, fps: float,
+               source: str = PAPER_SOURCE) -> dict:
     return {
         "model": model,
         "artifact": None,
@@ -35,7 +39,7 @@ def _paper_row(model: str, device: str, size: str, ms: float, fps: float) -> dic
         "runs": None,
         "error": None,
         "reference": True,
-        "source": PAPER_SOURCE,
+        "source": source,
     }
 
 
@@ -57,7 +61,7 @@ PAPER_ROWS: tuple[dict, ...] = tuple(
         ("ENet", "Titan X", "1280x720", 21, 46.8),
         ("ENet", "Titan X", "1920x1080", 46, 21.6),
     )
-)
+) + (_paper_row("mobile_mask_rcnn", "K40c", "512x512", 145, 6.9, MASK_RCNN_SOURCE),)
 
 COLUMNS = (
     "model",
@@ -306,8 +310,10 @@ def _markdown(records: list[dict]) -> str:
         "",
         "Median end-to-end latency per frame (resize and normalise, the model, argmax and resize "
         "back) on a synthetic frame of the given size, batch 1; fps = 1000 / median. Rows marked "
-        f"*paper* are published figures ({PAPER_SOURCE}) that time the network alone on the "
-        "authors' setup: a reference point, not a like-for-like comparison.",
+        f"*paper* are published figures ({PAPER_SOURCE}; for mobile_mask_rcnn "
+        f"{MASK_RCNN_SOURCE}) that time the network alone on the authors' setup: a reference "
+        "point, not a like-for-like comparison. Instance models (mobile_mask_rcnn) are timed "
+        "from the frame to the detections pasted back into it.",
         "",
         f"Devices: {', '.join(devices) if devices else 'none'}.",
     ]

@@ -248,7 +248,13 @@ def _benchmark_one(path, size, loaded, threads, warmup, runs, min_seconds, resiz
         row["load_ms"] = round(load_ms, 3)
         row["format"] = predictor.format
         row["model_input"] = size_label(predictor.input_size)
-        segmenter = Segmenter(predictor, resize=resize)
+        from edgeseg.runtime.instances import InstanceSegmenter, is_instance_model
+
+        if is_instance_model(predictor):  # Mask R-CNN: letterboxed to its square, detections
+            segmenter = InstanceSegmenter(predictor)
+            row["resize"] = "letterbox"
+        else:
+            segmenter = Segmenter(predictor, resize=resize)
         frame = synthetic_frame(*size)
         times = _time_frames(segmenter, frame, warmup, runs, min_seconds)
         row["first_ms"] = round(times.pop("first"), 3)

@@ -65,7 +65,11 @@ def two_devices(tmp_path):
 
 def test_paper_rows_are_the_published_enet_table():
     by_key = {(r["model"], r["device"]["label"], r["size"]): r for r in PAPER_ROWS}
-    assert len(PAPER_ROWS) == 11  # SegNet has no 1280x720 TX1 entry
+    # 11 ENet-paper rows (SegNet has no 1280x720 TX1 entry) and the seed's Mask R-CNN figure.
+    assert len(PAPER_ROWS) == 12
+    mask_rcnn = by_key[("mobile_mask_rcnn", "Tesla K40c (Mobile_Mask_RCNN, seed document)",
+                        "512x512")]
+    assert mask_rcnn["latency_ms"]["total"]["median"] == 145 and mask_rcnn["fps"] == 6.9
     assert all(r["reference"] for r in PAPER_ROWS)
     enet_tx1 = by_key[("ENet", "Jetson TX1 (ENet paper)", "480x320")]
     assert enet_tx1["latency_ms"]["total"]["median"] == 47 and enet_tx1["fps"] == 21.1
@@ -120,7 +124,8 @@ def test_plot_has_one_line_per_device_format_and_model(two_devices):
         "Jetson Orin Nano (15W): unet tflite 4 threads",
         "NVIDIA H100 80GB HBM3 / 535.104.05: enet onnx 4 threads",
     }
-    assert sum(reference for _, reference in series) == 4  # ENet / SegNet x TX1 / Titan X
+    # ENet / SegNet x TX1 / Titan X, and Mask R-CNN on the K40c
+    assert sum(reference for _, reference in series) == 5
     assert all(len(points) == 3 for (_, ref), points in series.items() if not ref)
     orin_unet = series[("Jetson Orin Nano (15W): unet tflite 4 threads", False)]
     assert [p for p, _ in orin_unet] == [480 * 320, 640 * 360, 1280 * 720]
