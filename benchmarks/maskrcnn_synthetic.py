@@ -153,7 +153,9 @@ def markdown(record: dict, evaluation: dict, exports: list[dict], report_md: str
         if r["error"]:
             lines.append(f"| {r['mode']} | failed: {r['error'][:150]} | | | | | | | |")
             continue
-        iou = lambda a, b: "-" if r[a] is None else f"{r[a]:.3f} / {r[b]:.3f}"  # noqa: E731
+        def iou(a, b, r=r):
+            return "-" if r[a] is None else f"{r[a]:.3f} / {r[b]:.3f}"
+
         lines.append(
             f"| {r['mode']} | {r['quant_mode'][:40]} | {r['bytes'] / 1024:,.0f} | "
             f"{r['matched']}/{r['keras_detections']} ({r['export_detections']} found) | "
