@@ -100,8 +100,9 @@ def cmd_train(args) -> int:
     _quiet_tensorflow()
     from edgeseg.train.trainer import TrainConfig, train
 
+    size = args.size or ((512, 512) if args.model == "mobile_mask_rcnn" else (480, 360))
     config = TrainConfig(
-        model=args.model, data=args.data, out=args.out, size=args.size, epochs=args.epochs,
+        model=args.model, data=args.data, out=args.out, size=size, epochs=args.epochs,
         batch=args.batch, lr=args.lr, weight_decay=args.weight_decay, optimizer=args.optimizer,
         momentum=args.momentum, class_weighting=args.class_weighting,
         weight_map={"on": True, "off": False}.get(args.weight_map),
@@ -113,6 +114,11 @@ def cmd_train(args) -> int:
     )
     record = train(config)
     best = record.get("best") or {}
+    if record.get("model") == "mobile_mask_rcnn":
+        print(f"done: {len(record['epochs'])} epochs; best val mask AP50 "
+              f"{100 * best.get('mask_AP50', 0):.1f} (mask AP {100 * best.get('mask_AP', 0):.1f}) "
+              f"at epoch {best.get('epoch')}; models and run.json in {args.out}")
+        return 0
     print(f"done: {len(record['epochs'])} epochs; best val mIoU {100 * best.get('miou', 0):.1f} "
           f"at epoch {best.get('epoch')}; models and run.json in {args.out}")
     return 0
@@ -245,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data spec: camvid:PATH, cityscapes:PATH, voc:PATH, folder:PATH, "
                         "coco:PATH, synthetic[:PATH]")
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--size", type=parse_size, default=(480, 360), help="crop / model WxH")
+    p.add_argument("--size", type=parse_size,
+                   help="crop / model WxH (default 480x360; mobile_mask_rcnn: 512x512, square)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch", type=int, help="per-device batch (recipe default)")
     p.add_argument("--lr", type=float)

@@ -54,3 +54,10 @@ def test_bad_sizes_are_refused(text):
 
     with pytest.raises(argparse.ArgumentTypeError, match="WIDTHxHEIGHT|positive"):
         parse_size(text)
+
+
+def test_train_mask_rcnn_needs_a_square_input(tmp_path):
+    pytest.importorskip("tensorflow")
+    with pytest.raises(ValueError, match="square input whose side is a multiple of 32"):
+        main(["train", "--model", "mobile_mask_rcnn", "--data", "synthetic", "--size", "256x192",
+              "--out", str(tmp_path / "run")])
