@@ -152,7 +152,16 @@ def cmd_export(args) -> int:
     print(f"wrote {report['artifact']} ({report['artifact_bytes'] / 1e6:.2f} MB) in "
           f"{report['convert_seconds']:.0f} s")
     check = report["validation"]
-    if check:
+    if check and "matched" in check:  # Mask R-CNN: detections matched with the Keras model's
+        iou = (f"box IoU {check['box_iou_mean']:.3f}, mask IoU {check['mask_iou_mean']:.3f} "
+               "(mean)" if check["matched"] else "no matches")
+        print(f"validation on {check['num_images']} images of {check['data']} "
+              f"({report['quant_mode']}): {check['matched']} of {check['keras_detections']} "
+              f"Keras detections matched ({check['export_detections']} exported), {iou}; "
+              f"mask AP keras {100 * check['keras']['mask_AP']:.2f} -> export "
+              f"{100 * check['export']['mask_AP']:.2f} (drop {check['mask_ap_drop_points']:.2f} "
+              "points)")
+    elif check:
         print(f"validation on {check['num_images']} images of {check['data']}: pixel agreement "
               f"{100 * check['pixel_agreement']:.2f}%, mIoU keras {100 * check['miou_keras']:.2f} "
               f"-> export {100 * check['miou_export']:.2f} (drop {check['miou_drop_points']:.2f} points)")
