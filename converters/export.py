@@ -261,14 +261,19 @@ def export(request: ExportRequest) -> dict:
         images, labels = prepare_images(open_dataset(val_spec, "val"), request.num_val, size, seed=1)
         report["validation"] = validate_export(model, out, images, labels, len(classes))
         report["validation"]["data"] = val_spec
-        drop = report["validation"]["miou_drop_points"]
-        if request.max_miou_drop is not None and drop > request.max_miou_drop:
-            report["passed"] = False
+    return _write_report(report, out, request.max_miou_drop, "miou_drop_points", "mIoU")
+
+
+def _write_report(report: dict, out: Path, max_drop: float | None, drop_key: str,
+                  metric: str) -> dict:
+    """Writes ``<out>.report.json``; fails the export when the drop passes ``max_drop``."""
+    drop = (report["validation"] or {}).get(drop_key)
+    report["passed"] = not (max_drop is not None and drop is not None and drop > max_drop)
     write_json_atomic(out.with_name(out.name + ".report.json"), report)
     if not report["passed"]:
         raise ExportValidationError(
-            f"{out}: mIoU dropped {report['validation']['miou_drop_points']:.2f} points "
-            f"(> --max-miou-drop {request.max_miou_drop}); see {out.name}.report.json"
+            f"{out}: {metric} dropped {drop:.2f} points (> --max-miou-drop {max_drop}); see "
+            f"{out.name}.report.json"
         )
     return report
 
@@ -370,14 +375,5 @@ def export_instances(request: ExportRequest, source_path: Path, metadata: dict) 
         report["validation"] = validate_instance_export(
             model, out, open_instances(val_spec, "val"), size, request.num_val)
         report["validation"]["data"] = val_spec
-        drop = report["validation"]["mask_ap_drop_points"]
-        if request.max_miou_drop is not None and drop > request.max_miou_drop:
-            report["passed"] = False
-    write_json_atomic(out.with_name(out.name + ".report.json"), report)
-    if not report["passed"]:
-        raise ExportValidationError(
-            f"{out}: mask AP dropped {report['validation']['mask_ap_drop_points']:.2f} points "
-            f"(> --max-miou-drop {request.max_miou_drop}); see {out.name}.report.json"
-        )
-    return report
+    return _write_report(report, out, request.max_miou_drop, "mask_ap_drop_points", "mask AP")
 
