@@ -50,8 +50,10 @@ def epochs_done(out: Path) -> int:
 def test_kill_9_mid_epoch_then_resume_loses_no_finished_epoch(synthetic_root, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    # Epochs of 400 steps (seconds each, on any machine) so that the kill lands inside one.
+    steps = 400
     process = subprocess.Popen(
-        edgeseg_command(*train_args(synthetic_root, out, epochs=3, steps=40)),
+        edgeseg_command(*train_args(synthetic_root, out, epochs=3, steps=steps)),
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )
     deadline = time.time() + 400
@@ -62,15 +64,16 @@ def test_kill_9_mid_epoch_then_resume_loses_no_finished_epoch(synthetic_root, tm
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     first = json.loads((out / "run.json").read_text())
+    assert first["epochs"][0]["seconds"] > 1.0  # an epoch outlasts the wait before the kill
     assert len(first["epochs"]) == 1  # killed before epoch 2 finished
 
     # The same command without --resume refuses to overwrite the run.
-    refused = subprocess.run(edgeseg_command(*train_args(synthetic_root, out, 3, 40)),
+    refused = subprocess.run(edgeseg_command(*train_args(synthetic_root, out, 3, steps)),
                              env=env, capture_output=True, text=True)
     assert refused.returncode != 0 and "--resume" in refused.stderr
 
     resumed = subprocess.run(
-        edgeseg_command(*train_args(synthetic_root, out, 3, 40), "--resume"),
+        edgeseg_command(*train_args(synthetic_root, out, 3, steps), "--resume"),
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
