@@ -33,12 +33,13 @@ __all__ = [
 ]
 
 
-def _as_integer_map(name: str, values) -> np.ndarray:
+def as_integer_map(name: str, values) -> np.ndarray:
+    """``values`` as int64 (whole-valued floats accepted); a ValueError naming ``name`` else."""
     array = np.asarray(values)
     if array.dtype.kind not in "iub":
         if array.dtype.kind == "f" and np.all(np.equal(np.mod(array, 1), 0)):
             return array.astype(np.int64)
-        raise ValueError(f"{name} must hold integer class ids, got dtype {array.dtype}")
+        raise ValueError(f"{name} must hold integers, got dtype {array.dtype}")
     return array.astype(np.int64, copy=False)
 
 
@@ -64,8 +65,8 @@ def confusion_matrix(
     if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     num_classes = int(num_classes)
-    labels = _as_integer_map("labels", labels)
-    preds = _as_integer_map("preds", preds)
+    labels = as_integer_map("labels", labels)
+    preds = as_integer_map("preds", preds)
     if labels.shape != preds.shape:
         raise ValueError(
             f"labels and preds must have the same shape, got {labels.shape} and {preds.shape}"

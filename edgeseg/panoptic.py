@@ -31,19 +31,12 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from edgeseg.metrics import as_integer_map
+
 __all__ = ["PanopticQuality", "panoptic_counts", "panoptic_quality", "scores_from_counts"]
 
 MATCH_IOU = 0.5
 VOID_FRACTION = 0.5
-
-
-def _integer_maps(name: str, values) -> np.ndarray:
-    array = np.asarray(values)
-    if array.dtype.kind not in "iub":
-        if array.dtype.kind == "f" and np.all(np.equal(np.mod(array, 1), 0)):
-            return array.astype(np.int64)
-        raise ValueError(f"{name} must hold integers, got dtype {array.dtype}")
-    return array.astype(np.int64, copy=False)
 
 
 def _segments(semantic: np.ndarray, instance: np.ndarray, is_thing: np.ndarray, labelled):
@@ -87,7 +80,7 @@ def panoptic_counts(
         "pred_semantic": pred_semantic,
         "pred_instance": pred_instance,
     }
-    maps = {name: _integer_maps(name, value) for name, value in maps.items()}
+    maps = {name: as_integer_map(name, value) for name, value in maps.items()}
     shapes = {name: value.shape for name, value in maps.items()}
     if len(set(shapes.values())) != 1:
         raise ValueError(f"the four maps must have the same shape, got {shapes}")

@@ -24,3 +24,15 @@ def keras_predict(model, x: np.ndarray) -> np.ndarray:
 
 def random_images(count: int, height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random((count, height, width, 3), dtype=np.float32)
+
+
+# The start of a ``python -c`` script for a device's Python: TensorFlow, Keras and JAX cannot be
+# imported (as where only the base install is), whatever this environment has.
+BLOCK_TENSORFLOW = """
+import sys, json
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "keras", "tf_keras", "jax"):
+            raise ImportError(f"{name} is not installed on this device")
+sys.meta_path.insert(0, Block())
+"""

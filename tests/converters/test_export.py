@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from edgeseg.converters.formats import EXPORT_FORMATS, check_export_options, formats_table_markdown
+from tests.helpers import BLOCK_TENSORFLOW
 
 
 @pytest.mark.parametrize(
@@ -178,14 +179,7 @@ def test_int8_without_calibration_data_is_refused(tmp_path):
         export(ExportRequest(model=str(path), quant="int8", io="uint8"))
 
 
-NO_TENSORFLOW = """
-import sys, json
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("tensorflow", "keras", "tf_keras", "jax"):
-            raise ImportError(f"{name} is not installed on this device")
-sys.meta_path.insert(0, Block())
-import numpy as np
+NO_TENSORFLOW = BLOCK_TENSORFLOW + """import numpy as np
 from edgeseg.runtime import load_predictor
 predictor = load_predictor(sys.argv[1])
 x = np.load(sys.argv[2])

@@ -16,6 +16,7 @@ from edgeseg.instances import resize_square
 from edgeseg.runtime import InstanceSegmenter, is_instance_model, load_predictor
 from edgeseg.runtime.instances import DETECTION_KEYS, INSTANCE_COLOURS, detect
 from edgeseg.runtime.predictor import Predictor
+from tests.helpers import BLOCK_TENSORFLOW
 
 SIZE = 64
 CLASSES = ["background", "disc", "box", "triangle"]
@@ -307,14 +308,7 @@ def test_tflite_and_keras_find_the_same_instances_in_a_non_square_frame(mask_rcn
     assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 3] >= boxes[:, 1]).all()
 
 
-NO_TENSORFLOW = """
-import sys, json
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("tensorflow", "keras", "tf_keras", "jax"):
-            raise ImportError(f"{name} is not installed on this device")
-sys.meta_path.insert(0, Block())
-import numpy as np
+NO_TENSORFLOW = BLOCK_TENSORFLOW + """import numpy as np
 from edgeseg.runtime import InstanceSegmenter, is_instance_model, load_predictor
 predictor = load_predictor(sys.argv[1])
 segmenter = InstanceSegmenter(predictor)
