@@ -1,8 +1,10 @@
 """Export of a trained mobile Mask R-CNN: the whole graph, image to padded detections.
 
-TFLite fp32 / fp16 / dynamic / int8 and ONNX. Full int8 is tried first; TFLite's NMS has no
-integer kernel, so where full int8 cannot convert, the model is converted with int8 kernels
-wherever they exist and float ones elsewhere (NMS, the box decoding), and the report says so.
+TFLite fp32 / fp16 / dynamic / int8 and ONNX. The int8 export runs the networks (backbone,
+FPN, RPN, box and mask heads) in int8 and the box geometry (proposal decoding, NMS, ROIAlign's
+sampling, the detection layer) in float, with the ops whose int8 error is far above rounding
+also in float; the report names them. (A full-int8 graph, geometry included, converts but loses
+nearly all its mask AP: benchmarks/results/maskrcnn_cpu.)
 Every export is validated like the semantic ones: on held-out images the artifact's detections
 are matched with the Keras model's (same class, greatest box IoU), and the COCO mask AP of both
 against the labels gives the drop.
@@ -10,12 +12,16 @@ against the labels gives the drop.
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
 
 INSTANCE_QUANT = ("none", "fp16", "dynamic", "int8")
 INSTANCE_FORMATS = ("tflite", "onnx")
+# Ops whose int8 output is further than this from the float op on the same input, in
+# quantisation steps (RMSE / scale; rounding alone gives 0.29), run in float.
+MAX_LAYER_ERROR = 1.0
 
 
 def check_instance_options(fmt: str, quant: str, io: str, output: str) -> None:
@@ -49,19 +55,44 @@ def calibration_images(instances, size: int, count: int, seed: int = 0) -> np.nd
                      for i in order]).astype(np.float32)
 
 
-def convert_instance_tflite(model, quant: str, calibration) -> tuple[bytes, str]:
-    """(flatbuffer, int8 mode): full int8 where it converts, else int8 with float fallback."""
-    from edgeseg.converters.tflite import convert_keras_to_tflite
+def geometry_layers(model) -> list[str]:
+    """Names of the layers that compute on box coordinates rather than on features.
+
+    The proposal decoding and its NMS, the two ROIAligns (sampling positions, pyramid level
+    choice), the detection layer and the mask selection: int8 has 256 steps, a box coordinate
+    in a 512-pixel image needs more, and a sampling position quantised to steps of several
+    pixels samples the wrong features.
+    """
+    from edgeseg.models.maskrcnn.network import DetectionLayer, DetectionMasks, ProposalLayer
+    from edgeseg.models.maskrcnn.ops import ROIAlign
+
+    kinds = (ProposalLayer, ROIAlign, DetectionLayer, DetectionMasks)
+    return [layer.name for layer in model.layers if isinstance(layer, kinds)]
+
+
+def convert_instance_tflite(model, quant: str, calibration,
+                            max_layer_error: float = MAX_LAYER_ERROR) -> tuple[bytes, str]:
+    """(flatbuffer, quantisation mode): int8 kernels for the networks, float for the geometry.
+
+    With ``quant`` int8, the backbone, FPN, RPN and heads run int8 kernels, the geometry
+    (``geometry_layers``) and the ops whose int8 error exceeds ``max_layer_error`` quantisation
+    steps on the calibration images run in float (``convert_selective_int8``).
+    """
+    from edgeseg.converters.tflite import convert_keras_to_tflite, convert_selective_int8
 
     if quant != "int8":
         return convert_keras_to_tflite(model, quant), quant
-    try:
-        return convert_keras_to_tflite(model, "int8", lambda: iter(calibration)), "full int8"
-    except Exception as error:  # the converter's error for ops without int8 kernels
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else repr(error)
-        blob = convert_keras_to_tflite(model, "int8", lambda: iter(calibration),
-                                       float_fallback=True)
-        return blob, f"mixed: int8 kernels where they exist, float elsewhere ({reason})"
+    geometry = geometry_layers(model)
+    pattern = re.compile(r"(^|/)(" + "|".join(map(re.escape, geometry)) + r")(_\d+)?/")
+    blob, floats = convert_selective_int8(
+        model, lambda: iter(calibration), keep_float=lambda name: bool(pattern.search(name)),
+        max_layer_error=max_layer_error)
+    noisy = [name for name in floats if not pattern.search(name)]
+    mode = f"int8 networks, float geometry ({', '.join(geometry)})"
+    if noisy:
+        mode += (f" and {len(noisy)} op(s) whose int8 error exceeds {max_layer_error:g} "
+                 f"steps: {', '.join(name.split(';')[0] for name in noisy)}")
+    return blob, mode
 
 
 def match_detections(reference: dict, other: dict, iou_threshold: float = 0.5) -> dict:

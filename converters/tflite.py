@@ -22,7 +22,6 @@ def convert_keras_to_tflite(
     quant: str = "none",
     representative_data: Callable[[], Iterable[np.ndarray]] | None = None,
     io_type: str = "float32",
-    float_fallback: bool = False,
 ) -> bytes:
     """Converts a Keras 3 model with one image input to a TFLite flatbuffer (batch size 1).
 
@@ -31,10 +30,7 @@ def convert_keras_to_tflite(
         representative_data: for ``int8``, a callable returning an iterable of float32 images
             (H, W, C) or batches (1, H, W, C) in the model's input range; 100-500 images is usual.
         io_type: input / output type of a full-int8 model; other modes take float32 only.
-        float_fallback: with ``int8``, ops without an integer kernel (TFLite's NMS) run in
-            float instead of failing the conversion; still builtin ops only.
     """
-    import tensorflow as tf
 
     if quant not in QUANT_MODES:
         raise ValueError(f"quant must be one of {', '.join(QUANT_MODES)}; got {quant!r}")
@@ -45,33 +41,106 @@ def convert_keras_to_tflite(
     if quant == "int8" and representative_data is None:
         raise ValueError("quant 'int8' needs representative_data (calibration images)")
 
-    import functools
     import tempfile
-
-    import keras
 
     from edgeseg.models.layers import deployable
 
     # The same function with operators XNNPACK runs fast (see edgeseg.models.layers.deployable).
     model = deployable(model, integer=quant == "int8")
-    input_shape = (1, *model.inputs[0].shape[1:])
-    # Keras 3's own path to TFLite: an export archive (a SavedModel whose variables the converter
-    # freezes into constants, so that batch norms fold into the convolutions), then the converter.
     with tempfile.TemporaryDirectory(prefix="edgeseg-tflite-") as saved_model_dir:
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        archive.add_endpoint(
-            "serve",
-            functools.partial(model.__call__, training=False),
-            input_signature=[tf.TensorSpec(input_shape, tf.float32, name="image")],
-        )
-        archive.write_out(saved_model_dir, verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
-        _configure(converter, quant, representative_data, io_type, float_fallback)
+        converter = _saved_model_converter(model, saved_model_dir)
+        _configure(converter, quant, representative_data, io_type)
         return converter.convert()
 
 
-def _configure(converter, quant, representative_data, io_type, float_fallback=False) -> None:
+def _saved_model_converter(model, saved_model_dir: str):
+    """A TFLiteConverter over ``model`` written as a SavedModel into ``saved_model_dir``.
+
+    Keras 3's own path to TFLite: an export archive (a SavedModel whose variables the converter
+    freezes into constants, so that batch norms fold into the convolutions), then the converter.
+    """
+    import functools
+
+    import keras
+    import tensorflow as tf
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serve",
+        functools.partial(model.__call__, training=False),
+        input_signature=[tf.TensorSpec((1, *model.inputs[0].shape[1:]), tf.float32,
+                                       name="image")],
+    )
+    archive.write_out(saved_model_dir, verbose=False)
+    return tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+
+
+def convert_selective_int8(
+    model,
+    representative_data: Callable[[], Iterable[np.ndarray]],
+    keep_float: Callable[[str], bool] = lambda name: False,
+    max_layer_error: float | None = None,
+) -> tuple[bytes, list[str]]:
+    """Int8 kernels everywhere except where int8 cannot hold the values: float I/O, builtin ops.
+
+    Selective quantisation (https://ai.google.dev/edge/litert/models/quantization_debugger):
+    the graph is calibrated once on ``representative_data``; the ops whose output tensor name
+    ``keep_float`` accepts stay float, and with ``max_layer_error`` so do those whose int8 output
+    differs from the float op on the same input by more than that many quantisation steps
+    (root-mean-square error / scale; 0.29 is pure rounding, 1/sqrt(12)), measured over the
+    same images.
+
+    Returns:
+        (flatbuffer, the names of the tensors left in float), the names in graph order.
+    """
+    import csv
+    import io
+    import tempfile
+
+    import tensorflow as tf
+
+    from edgeseg.models.layers import deployable
+    from edgeseg.runtime_tflite import load_interpreter
+
+    model = deployable(model, integer=True)
+
+    def dataset():
+        for image in representative_data():
+            batch = np.asarray(image, dtype=np.float32)
+            yield [batch[None] if batch.ndim == 3 else batch]
+
+    with tempfile.TemporaryDirectory(prefix="edgeseg-tflite-") as saved_model_dir:
+        converter = _saved_model_converter(model, saved_model_dir)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = dataset
+        debug = tf.lite.experimental
+        debugger = debug.QuantizationDebugger(converter=converter, debug_dataset=dataset)
+    names = [t["name"] for t in load_interpreter(
+        model_content=debugger.calibrated_model).get_tensor_details()]
+    denied = [name for name in names if keep_float(name)]
+    if max_layer_error is not None and len(denied) < len(names):
+        # The debug graph again, with the chosen ops float: each int8 op's output is compared
+        # with the float op's on the same (dequantised) input, image by image.
+        debugger.options = debug.QuantizationDebugOptions(denylisted_nodes=denied or None)
+        debugger.run()
+        table = io.StringIO()
+        debugger.layer_statistics_dump(table)
+        table.seek(0)
+        noisy = {row["tensor_name"] for row in csv.DictReader(table)
+                 if float(row["scale"]) > 0 and np.sqrt(float(row["mean_squared_error"]))
+                 / float(row["scale"]) > max_layer_error}
+        denied = [name for name in names if name in noisy or name in denied]
+    # What QuantizationDebugger.get_nondebug_quantized_model does, with this denylist.
+    from tensorflow.lite.python.convert import mlir_quantize
+
+    blob = mlir_quantize(debugger.calibrated_model, fully_quantize=False,
+                         denylisted_nodes=denied or None)
+    return blob, denied
+
+
+def _configure(converter, quant, representative_data, io_type) -> None:
     import tensorflow as tf
 
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -83,8 +152,6 @@ def _configure(converter, quant, representative_data, io_type, float_fallback=Fa
     elif quant == "int8":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        if float_fallback:
-            converter.target_spec.supported_ops.append(tf.lite.OpsSet.TFLITE_BUILTINS)
 
         def representative_dataset():
             for image in representative_data():

@@ -146,6 +146,8 @@ def test_builds_with_both_backbones_and_outputs_padded_detections(backbone):
     assert {k: v.shape for k, v in out.items()} == shapes
     assert out["classes"].dtype == np.int32 and out["count"].dtype == np.int32
     assert all(out[k].dtype == np.float32 for k in ("boxes", "scores", "masks"))
+    # The symbolic outputs (what edgeseg info and a SavedModel signature show) agree.
+    assert {k: model.output[k].dtype for k in out} == {k: v.dtype.name for k, v in out.items()}
     count = int(out["count"][0])
     assert 1 <= count <= max_det
     for key in ("boxes", "classes", "scores", "masks"):

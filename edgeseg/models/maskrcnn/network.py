@@ -120,7 +120,9 @@ class ProposalLayer(keras.layers.Layer):
                 f"{self.name}: the RPN has {logits.shape[0]} outputs per image but the "
                 f"{self.image_size} input has {num_anchors} anchors"
             )
-        scores, top = ops.top_k(ops.sigmoid(logits), min(self.pre_nms, num_anchors))
+        # Ranked by logit, which orders the anchors as their sigmoid does: an int8 export keeps
+        # the logits' resolution instead of a saturated sigmoid's ties at 255/256.
+        scores, top = ops.top_k(logits, min(self.pre_nms, num_anchors))
         top = ops.cast(top, "int32")
         anchors = ops.take(ops.convert_to_tensor(self.anchors), top, axis=0)
         boxes = clip_boxes(decode_boxes(ops.take(deltas, top, axis=0), anchors, BBOX_STD_DEV))
@@ -135,6 +137,10 @@ class ProposalLayer(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         batch = input_shape[0][0]
         return (batch, self.proposals, 4), (batch,)
+
+    def compute_output_spec(self, inputs):
+        rois, count = self.compute_output_shape([tuple(x.shape) for x in inputs])
+        return keras.KerasTensor(rois, dtype="float32"), keras.KerasTensor(count, dtype="int32")
 
     def get_config(self):
         return {
@@ -204,6 +210,11 @@ class DetectionLayer(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         batch, size = input_shape[0][0], self.max_detections
         return (batch, size, 4), (batch, size), (batch, size), (batch,)
+
+    def compute_output_spec(self, inputs):
+        shapes = self.compute_output_shape([tuple(x.shape) for x in inputs])
+        return tuple(keras.KerasTensor(shape, dtype=dtype) for shape, dtype in
+                     zip(shapes, ("float32", "int32", "float32", "int32"), strict=True))
 
     def get_config(self):
         return {
