@@ -8,8 +8,7 @@ Converts best.keras with ``edgeseg.converters.tflite.convert_selective_int8``: i
 except on the ops of the named layers and, with an error bound, on the ops whose int8 output is
 further than that from the float op on the same input (quantisation steps, over the calibration
 images). Each artifact is validated against the Keras model as ``edgeseg export`` does (matched
-detections, mask AP). The full-int8 row (geometry included) is ``edgeseg export``'s earlier
-mode, in exports.jsonl.
+detections, mask AP).
 """
 
 from __future__ import annotations
@@ -24,13 +23,16 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from edgeseg.models.maskrcnn.network import PREDICTION_LAYERS  # noqa: E402
+
 HEADS = ("box_head", "mask_head")
 # label: (layers kept float besides the geometry, error bound in quantisation steps or None)
 VARIANTS = {
-    "geometry float": ((), None),
-    "geometry float, ops above 1 step float (edgeseg export's int8)": ((), 1.0),
-    "geometry float, ops above 0.5 step float": ((), 0.5),
-    "geometry and heads float (backbone, FPN, RPN int8)": (HEADS, None),
+    "geometry and prediction layers float, ops above 1 step float (edgeseg export's int8)": (
+        PREDICTION_LAYERS, 1.0),
+    "geometry float (prediction layers int8)": ((), None),
+    "geometry, prediction layers and heads float (backbone, FPN, RPN int8)": (
+        (*PREDICTION_LAYERS, *HEADS), None),
 }
 
 
@@ -61,14 +63,14 @@ def main() -> None:
         names = [*geometry_layers(model), *extra]
         pattern = re.compile(r"(^|/)(" + "|".join(map(re.escape, names)) + r")(_\d+)?/")
         started = time.time()
-        blob, floats = convert_selective_int8(
+        blob, floats, noisy = convert_selective_int8(
             model, lambda: iter(calibration), keep_float=lambda n, p=pattern: bool(p.search(n)),
-            max_layer_error=bound)
+            max_layer_error=bound, float_outputs=True)
         seconds = time.time() - started
         path = work / f"{len(rows)}.tflite"
         path.write_bytes(blob)
         v = validate_instance_export(model, path, val, size, args.num_val)
-        noisy = [n.split(";")[0] for n in floats if not pattern.search(n)]
+        noisy = [n.split(";")[0] for n in noisy]
         row = {"variant": label, "bytes": len(blob), "float_tensors": len(floats),
                "float_for_error": noisy, "convert_seconds": seconds,
                **{k: v[k] for k in v if k not in ("keras", "export")},

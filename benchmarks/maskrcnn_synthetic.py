@@ -29,7 +29,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 TRAIN_OPTIONS = {"alpha": 0.35, "fpn_channels": 64, "mask_channels": 64, "box_fc": 256,
                  "train_rois": 64, "train_proposals": 128, "eval_images": 30}
-EXPORTS = [("tflite", "none"), ("tflite", "fp16"), ("tflite", "int8"), ("onnx", "none")]
+EXPORTS = [("tflite", "none"), ("tflite", "fp16"), ("tflite", "dynamic"), ("tflite", "int8"),
+           ("onnx", "none")]
+QUANTS = ("none", "fp16", "dynamic", "int8")  # the full-size model's TFLite files, timed
 
 
 def train_run(run: Path, minutes: float) -> dict:
@@ -64,7 +66,8 @@ def export_rows(run: Path, work: Path, done: dict) -> list[dict]:
                            "mask_iou_min", "mask_ap_drop_points", "mask_ap50_drop_points")},
                        keras_mask_AP=v["keras"]["mask_AP"], export_mask_AP=v["export"]["mask_AP"],
                        keras_mask_AP50=v["keras"]["mask_AP50"],
-                       export_mask_AP50=v["export"]["mask_AP50"])
+                       export_mask_AP50=v["export"]["mask_AP50"],
+                       keras_box_AP=v["keras"]["box_AP"], export_box_AP=v["export"]["box_AP"])
         except Exception as error:  # a failed mode is a row with its error
             row["error"] = f"{type(error).__name__}: {error}"[:400]
         print(json.dumps(row), flush=True)
@@ -83,7 +86,7 @@ def full_size_artifacts(work: Path) -> list[Path]:
     sidecar = {"model": "mobile_mask_rcnn", "classes": ["background"] + [f"c{i}" for i in
                                                                          range(1, 81)],
                "size": [512, 512], "normalisation": {"scale": 1 / 255, "offset": 0.0}}
-    paths = [work / "full.keras", *(work / f"full_{q}.tflite" for q in ("none", "fp16", "int8"))]
+    paths = [work / "full.keras", *(work / f"full_{q}.tflite" for q in QUANTS)]
     if all(p.is_file() for p in paths):
         return paths
     model = build("mobile_mask_rcnn", 81, (512, 512, 3))
@@ -96,7 +99,7 @@ def full_size_artifacts(work: Path) -> list[Path]:
 
     calibration = np.stack([resize_square(images[i][0], 512)[0][None] / np.float32(255)
                             for i in range(16)]).astype(np.float32)
-    for path, quant in zip(paths[1:], ("none", "fp16", "int8"), strict=True):
+    for path, quant in zip(paths[1:], QUANTS, strict=True):
         blob, mode = convert_instance_tflite(model, quant, calibration)
         path.write_bytes(blob)
         path.with_name(path.name + ".json").write_text(json.dumps({**sidecar, "quant": quant,
@@ -146,20 +149,21 @@ def markdown(record: dict, evaluation: dict, exports: list[dict], report_md: str
         "## Exports of best.keras, validated against it (30 validation images)",
         "",
         "| mode | quant mode | size (KiB) | matched | box IoU mean / min | mask IoU mean / min | "
-        "mask AP Keras / export | mask AP50 Keras / export | mask AP drop |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "box AP Keras / export | mask AP Keras / export | mask AP50 Keras / export | mask AP drop |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in exports:
         if r["error"]:
-            lines.append(f"| {r['mode']} | failed: {r['error'][:150]} | | | | | | | |")
+            lines.append(f"| {r['mode']} | failed: {r['error'][:150]} | | | | | | | | |")
             continue
         def iou(a, b, r=r):
             return "-" if r[a] is None else f"{r[a]:.3f} / {r[b]:.3f}"
 
         lines.append(
-            f"| {r['mode']} | {r['quant_mode'][:40]} | {r['bytes'] / 1024:,.0f} | "
+            f"| {r['mode']} | {r['quant_mode'][:48]} | {r['bytes'] / 1024:,.0f} | "
             f"{r['matched']}/{r['keras_detections']} ({r['export_detections']} found) | "
             f"{iou('box_iou_mean', 'box_iou_min')} | {iou('mask_iou_mean', 'mask_iou_min')} | "
+            f"{100 * r['keras_box_AP']:.1f} / {100 * r['export_box_AP']:.1f} | "
             f"{100 * r['keras_mask_AP']:.1f} / {100 * r['export_mask_AP']:.1f} | "
             f"{100 * r['keras_mask_AP50']:.1f} / {100 * r['export_mask_AP50']:.1f} | "
             f"{r['mask_ap_drop_points']:+.2f} |")

@@ -74,21 +74,25 @@ def convert_instance_tflite(model, quant: str, calibration,
                             max_layer_error: float = MAX_LAYER_ERROR) -> tuple[bytes, str]:
     """(flatbuffer, quantisation mode): int8 kernels for the networks, float for the geometry.
 
-    With ``quant`` int8, the backbone, FPN, RPN and heads run int8 kernels, the geometry
-    (``geometry_layers``) and the ops whose int8 error exceeds ``max_layer_error`` quantisation
-    steps on the calibration images run in float (``convert_selective_int8``).
+    With ``quant`` int8, the backbone, FPN, RPN and heads run int8 kernels; the geometry
+    (``geometry_layers``), the prediction layers (the logits and box deltas,
+    ``PREDICTION_LAYERS``: cheap 1x1 convolutions and dense layers whose outputs rank, threshold
+    and move boxes) and the ops whose int8 error exceeds ``max_layer_error`` quantisation steps
+    on the calibration images run in float (``convert_selective_int8``).
     """
     from edgeseg.converters.tflite import convert_keras_to_tflite, convert_selective_int8
+    from edgeseg.models.maskrcnn.network import PREDICTION_LAYERS
 
     if quant != "int8":
         return convert_keras_to_tflite(model, quant), quant
     geometry = geometry_layers(model)
-    pattern = re.compile(r"(^|/)(" + "|".join(map(re.escape, geometry)) + r")(_\d+)?/")
-    blob, floats = convert_selective_int8(
+    pattern = re.compile(
+        r"(^|/)(" + "|".join(map(re.escape, [*geometry, *PREDICTION_LAYERS])) + r")(_\d+)?/")
+    blob, _, noisy = convert_selective_int8(
         model, lambda: iter(calibration), keep_float=lambda name: bool(pattern.search(name)),
-        max_layer_error=max_layer_error)
-    noisy = [name for name in floats if not pattern.search(name)]
-    mode = f"int8 networks, float geometry ({', '.join(geometry)})"
+        max_layer_error=max_layer_error, float_outputs=True)
+    mode = ("int8 backbone, FPN, RPN and heads; float geometry (" + ", ".join(geometry)
+            + ") and prediction layers (logits, box deltas)")
     if noisy:
         mode += (f" and {len(noisy)} op(s) whose int8 error exceeds {max_layer_error:g} "
                  f"steps: {', '.join(name.split(';')[0] for name in noisy)}")

@@ -81,7 +81,8 @@ def convert_selective_int8(
     representative_data: Callable[[], Iterable[np.ndarray]],
     keep_float: Callable[[str], bool] = lambda name: False,
     max_layer_error: float | None = None,
-) -> tuple[bytes, list[str]]:
+    float_outputs: bool = False,
+) -> tuple[bytes, list[str], list[str]]:
     """Int8 kernels everywhere except where int8 cannot hold the values: float I/O, builtin ops.
 
     Selective quantisation (https://ai.google.dev/edge/litert/models/quantization_debugger):
@@ -89,10 +90,17 @@ def convert_selective_int8(
     ``keep_float`` accepts stay float, and with ``max_layer_error`` so do those whose int8 output
     differs from the float op on the same input by more than that many quantisation steps
     (root-mean-square error / scale; 0.29 is pure rounding, 1/sqrt(12)), measured over the
-    same images.
+    same images. ``float_outputs`` keeps the ops that write the graph's outputs float too (the
+    converter names those tensors after the signature, not after their layer).
+
+    The quantiser still gives an int8 scale to the value-moving ops (reshape, gather, select,
+    minimum / maximum, comparisons, top-k, softmax) that read a float tensor with calibration
+    statistics, kept float or not: a graph that must stay exact there writes such steps as
+    integer ops or arithmetic (as the Mask R-CNN's proposal, detection and ROIAlign layers do).
 
     Returns:
-        (flatbuffer, the names of the tensors left in float), the names in graph order.
+        (flatbuffer, the names of the tensors left float, those of them left float for their
+        int8 error), the names in graph order.
     """
     import csv
     import io
@@ -117,9 +125,11 @@ def convert_selective_int8(
         converter.representative_dataset = dataset
         debug = tf.lite.experimental
         debugger = debug.QuantizationDebugger(converter=converter, debug_dataset=dataset)
-    names = [t["name"] for t in load_interpreter(
-        model_content=debugger.calibrated_model).get_tensor_details()]
-    denied = [name for name in names if keep_float(name)]
+    calibrated = load_interpreter(model_content=debugger.calibrated_model)
+    names = [t["name"] for t in calibrated.get_tensor_details()]
+    outputs = {t["name"] for t in calibrated.get_output_details()} if float_outputs else set()
+    denied = [name for name in names if keep_float(name) or name in outputs]
+    chosen, noisy = set(denied), set()
     if max_layer_error is not None and len(denied) < len(names):
         # The debug graph again, with the chosen ops float: each int8 op's output is compared
         # with the float op's on the same (dequantised) input, image by image.
@@ -137,7 +147,7 @@ def convert_selective_int8(
 
     blob = mlir_quantize(debugger.calibrated_model, fully_quantize=False,
                          denylisted_nodes=denied or None)
-    return blob, denied
+    return blob, denied, [name for name in denied if name in noisy and name not in chosen]
 
 
 def _configure(converter, quant, representative_data, io_type) -> None:

@@ -394,8 +394,8 @@ def deployable(model: keras.Model, integer: bool = False) -> keras.Model:
     """The same function with layers LiteRT runs faster; ``model`` itself if nothing changes.
 
     Replaces non-overlapping transposed convolutions by :class:`SubpixelConvTranspose`, and with
-    ``integer`` (a full-int8 export) ``PReLU`` by :class:`LeakyDecomposedPReLU`. Weights are
-    carried over unchanged (same shapes, same order).
+    ``integer`` (a full-int8 export) ``PReLU`` by :class:`LeakyDecomposedPReLU`, in nested models
+    too (a detector's mask head). Weights are carried over unchanged (same shapes, same order).
     """
 
     def replace(layer):
@@ -407,13 +407,18 @@ def deployable(model: keras.Model, integer: bool = False) -> keras.Model:
             return SubpixelConvTranspose(config["filters"], config["kernel_size"][0],
                                          config["strides"][0], config["padding"],
                                          use_bias=config["use_bias"], name=layer.name)
+        if isinstance(layer, keras.Model):
+            nested = deployable(layer, integer)
+            return nested if nested is not layer else None
         return None
 
-    if not any(replace(layer) is not None for layer in model.layers):
+    replacements = {id(layer): new for layer in model.layers
+                    if (new := replace(layer)) is not None}
+    if not replacements:
         return model
 
     def clone(layer):
-        new = replace(layer)
+        new = replacements.get(id(layer))
         return new if new is not None else layer.__class__.from_config(layer.get_config())
 
     copy = keras.models.clone_model(model, clone_function=clone)

@@ -13,6 +13,7 @@ from edgeseg.converters.maskrcnn_export import (  # noqa: E402
     match_detections,
 )
 from edgeseg.data import write_synthetic  # noqa: E402
+from tests.helpers import graph_ops  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +52,23 @@ def op_input_types(blob: bytes) -> dict[tuple[str, str], int]:
     """How many ops of each (name, type of the first input) the flatbuffer holds."""
     from collections import Counter
 
-    from edgeseg.runtime_tflite import load_interpreter
+    return Counter((op["op"], op["inputs"][0][1]) for op in graph_ops(blob) if op["inputs"])
 
-    interpreter = load_interpreter(model_content=blob)
-    dtypes = {t["index"]: np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
-    return Counter((op["op_name"], dtypes[op["inputs"][0]])
-                   for op in interpreter._get_ops_details() if len(op["inputs"]))
+
+def int8_geometry_ops(blob: bytes) -> list[str]:
+    """Ops of the proposal / ROIAlign / detection layers with an int8 input or output, except
+    the QUANTIZE of the crops into the heads."""
+    found = []
+    for op in graph_ops(blob):
+        touched = [*op["inputs"], *op["outputs"]]
+        if not any(dtype == "int8" for _, dtype, _ in touched):
+            continue
+        names = " ".join(name for name, _, _ in touched)
+        crops = op["op"] == "QUANTIZE" and len(op["inputs"][0][2]) == 5
+        if any(f"/{layer}" in names for layer in ("proposals", "detections", "roi_align")) \
+                and not crops:
+            found.append(f"{op['op']}: {names[:120]}")
+    return found
 
 
 def test_options_say_what_a_detector_accepts():
@@ -105,8 +117,13 @@ def test_export_holds_the_whole_graph_and_matches_keras(detector, fmt, quant, tm
     else:
         # Random weights put every score near the threshold, where int8 rounding decides:
         # the accuracy of int8 is measured on a trained model (benchmarks/maskrcnn_synthetic.py).
-        assert report["quant_mode"].startswith("int8 networks, float geometry (proposals, ")
+        assert report["quant_mode"].startswith(
+            "int8 backbone, FPN, RPN and heads; float geometry (proposals, ")
         assert v["export_detections"] > 0 and 0 <= v["matched"] <= v["keras_detections"]
+        # No geometry op reads or writes int8 (TFLite's quantiser would slip value-moving ops
+        # such as top-k, min / max, select into int8): only the crops are quantised, for the
+        # heads, and the mask probabilities on their way out.
+        assert int8_geometry_ops(out.read_bytes()) == []
         kinds = op_input_types(out.read_bytes())
         # The networks run int8 kernels; the geometry's ops run float ones.
         assert kinds[("CONV_2D", "int8")] > 3 * kinds.get(("CONV_2D", "float32"), 0)

@@ -7,7 +7,7 @@ pytest.importorskip("tensorflow")
 
 from edgeseg.converters.tflite import convert_selective_int8, non_builtin_ops  # noqa: E402
 from edgeseg.runtime_tflite import load_interpreter  # noqa: E402
-from tests.helpers import keras_predict, random_images  # noqa: E402
+from tests.helpers import graph_ops, keras_predict, random_images  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +24,7 @@ def three_convs():
 
 def conv_input_types(blob: bytes) -> dict[str, str]:
     """Layer name -> dtype of the input of its CONV_2D (the three run in graph order)."""
-    interpreter = load_interpreter(model_content=blob)
-    dtypes = {t["index"]: np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
-    convs = [dtypes[op["inputs"][0]] for op in interpreter._get_ops_details()
-             if op["op_name"] == "CONV_2D"]
+    convs = [op["inputs"][0][1] for op in graph_ops(blob) if op["op"] == "CONV_2D"]
     return dict(zip(("first", "keepme", "last"), convs, strict=True))
 
 
@@ -41,9 +38,9 @@ def run(blob: bytes, x: np.ndarray) -> np.ndarray:
 
 def test_named_ops_stay_float_and_the_rest_run_int8(three_convs):
     images = random_images(8, 16, 16)
-    blob, floats = convert_selective_int8(
+    blob, floats, noisy = convert_selective_int8(
         three_convs, lambda: iter(images), keep_float=lambda name: "/keepme" in name)
-    assert floats and all("/keepme" in name for name in floats)
+    assert floats and all("/keepme" in name for name in floats) and noisy == []
     assert conv_input_types(blob) == {"first": "int8", "keepme": "float32", "last": "int8"}
     assert non_builtin_ops(blob) == []
     # The int8 graph computes the Keras model's function to within a few int8 steps.
@@ -60,10 +57,11 @@ def test_ops_above_the_error_bound_stay_float(three_convs):
     images = random_images(8, 16, 16)
     # Rounding alone makes every int8 op's error about 0.29 steps: a bound of 0 keeps them all
     # float, a bound far above rounding keeps none.
-    blob, floats = convert_selective_int8(three_convs, lambda: iter(images), max_layer_error=0.0)
+    blob, floats, noisy = convert_selective_int8(three_convs, lambda: iter(images),
+                                                 max_layer_error=0.0)
     assert set(conv_input_types(blob).values()) == {"float32"}
-    assert len(floats) >= 3
-    blob, floats = convert_selective_int8(three_convs, lambda: iter(images),
-                                          max_layer_error=100.0)
-    assert floats == []
+    assert len(noisy) >= 3 and noisy == floats
+    blob, floats, noisy = convert_selective_int8(three_convs, lambda: iter(images),
+                                                 max_layer_error=100.0)
+    assert floats == [] and noisy == []
     assert set(conv_input_types(blob).values()) == {"int8"}

@@ -56,6 +56,13 @@ FREEZE_STAGES = ("heads", "5+", "4+", "3+", "2+", "all")
 # The per-class NMS shifts the boxes of class c by c * CLASS_OFFSET: boxes lie in [0, 1], so
 # boxes of different classes never overlap and one NMS call suppresses within classes only.
 CLASS_OFFSET = 2.0
+# The proposal layer ranks anchors by int32(logit * RANK_SCALE): |logits| < 2^15 fit in int32.
+RANK_SCALE = 65536.0
+# The layers that write the logits and box deltas, and the reshapes / concatenations after
+# them: an int8 export keeps them float (edgeseg.converters.maskrcnn_export).
+PREDICTION_LAYERS = ("rpn_class_raw", "rpn_bbox_pred", "rpn_class_logits", "rpn_bbox",
+                     "rpn_logits", "rpn_deltas", "box_class_logits", "box_deltas_raw",
+                     "box_deltas", "mask_logits_conv", "mask_logits")
 
 
 # --- layers -------------------------------------------------------------------------------------
@@ -120,10 +127,13 @@ class ProposalLayer(keras.layers.Layer):
                 f"{self.name}: the RPN has {logits.shape[0]} outputs per image but the "
                 f"{self.image_size} input has {num_anchors} anchors"
             )
-        # Ranked by logit, which orders the anchors as their sigmoid does: an int8 export keeps
-        # the logits' resolution instead of a saturated sigmoid's ties at 255/256.
-        scores, top = ops.top_k(logits, min(self.pre_nms, num_anchors))
+        # Ranked by logit (the order of the sigmoid) on a 2^-16 grid, as int32 keys: the
+        # float order to 1.5e-5, and integers keep an int8 export's top-k exact (TFLite's
+        # quantiser runs a top-k of floats in int8, whose ties reorder the anchors).
+        keys = ops.cast(ops.cast(logits, "float32") * RANK_SCALE, "int32")
+        _, top = ops.top_k(keys, min(self.pre_nms, num_anchors))
         top = ops.cast(top, "int32")
+        scores = ops.take(logits, top, axis=0)
         anchors = ops.take(ops.convert_to_tensor(self.anchors), top, axis=0)
         boxes = clip_boxes(decode_boxes(ops.take(deltas, top, axis=0), anchors, BBOX_STD_DEV))
         keep, count = nms_padded(boxes, scores, self.proposals, self.nms_threshold)
@@ -182,16 +192,23 @@ class DetectionLayer(keras.layers.Layer):
 
     def _detect(self, rois, roi_count, class_logits, box_deltas):
         num_rois, num_classes = int(class_logits.shape[0]), int(class_logits.shape[1])
-        probs = ops.softmax(ops.cast(class_logits, "float32"), axis=-1)
-        class_ids = first_argmax(probs, axis=-1)
-        scores = ops.max(probs, axis=-1)
+        logits = ops.cast(class_logits, "float32")
+        # The class by int32 keys of the logits, the score by arithmetic: comparisons, maxima
+        # and SOFTMAX of floats share one int8 scale in TFLite's quantiser even where the ops
+        # are kept float, and scores near 1 would tie at 255/256 (see RANK_SCALE).
+        class_ids = first_argmax(ops.cast(logits * RANK_SCALE, "int32"), axis=-1)
+        exp = ops.exp(logits - ops.max(logits, axis=-1, keepdims=True))
+        probs = exp / ops.sum(exp, axis=-1, keepdims=True)
+        scores = ops.sum(probs * ops.one_hot(class_ids, num_classes), axis=-1)
         flat = ops.arange(num_rois, dtype="int32") * num_classes + class_ids
         deltas = ops.take(ops.reshape(box_deltas, (num_rois * num_classes, 4)), flat, axis=0)
         boxes = clip_boxes(decode_boxes(deltas, rois, BBOX_STD_DEV))
         valid = ops.logical_and(ops.arange(num_rois, dtype="int32") < roi_count, class_ids > 0)
         valid = ops.logical_and(valid, scores >= self.min_confidence)
-        # Scores are probabilities; dropped ROIs get -1, below NMS's score threshold -0.5.
-        nms_scores = ops.where(valid, scores, -ops.ones_like(scores))
+        # Scores are probabilities; dropped ROIs get -1, below NMS's score threshold -0.5 (by
+        # arithmetic: a select of floats would share one int8 scale, as above).
+        kept = ops.cast(valid, "float32")
+        nms_scores = scores * kept + (kept - 1.0)
         shifted = boxes + ops.expand_dims(ops.cast(class_ids, "float32") * CLASS_OFFSET, -1)
         keep, count = nms_padded(shifted, nms_scores, self.max_detections, self.nms_threshold,
                                  score_threshold=-0.5)

@@ -242,9 +242,10 @@ def roi_levels(boxes, image_size):
     area = ops.maximum((y2 - y1) * (x2 - x1), 0.0)
     relative = ops.sqrt(area) / (CANONICAL_SIZE / math.sqrt(height * width))
     # The floor of log2(0) is -inf; the clip to 1e-12 keeps the cast defined (level 2 anyway).
-    level = ops.floor(CANONICAL_LEVEL + ops.log2(ops.maximum(relative, 1e-12)))
-    level = ops.clip(level, float(ROI_LEVELS[0]), float(ROI_LEVELS[-1]))
-    return ops.cast(level, "int32")
+    level = ops.cast(ops.floor(CANONICAL_LEVEL + ops.log2(ops.maximum(relative, 1e-12))), "int32")
+    # Clipped as integers: an int8 export keeps integer ops exact (a float clip to [2, 5] would
+    # share one int8 scale with its input, and 4.99 casts to 4).
+    return ops.clip(level, ROI_LEVELS[0], ROI_LEVELS[-1])
 
 
 def _static_feature_shape(feature_map, index: int) -> tuple[int, int, int]:
@@ -317,8 +318,12 @@ def roi_align(feature_maps, boxes, pool_size, image_size):
     level = roi_levels(boxes, image_size) - ROI_LEVELS[0]
     heights = np.asarray([h for h, _, _ in shapes], np.int32)
     widths = np.asarray([w for _, w, _ in shapes], np.int32)
-    last_row = ops.take(ops.convert_to_tensor((heights - 1).astype(np.float32)), level)
-    last_column = ops.take(ops.convert_to_tensor((widths - 1).astype(np.float32)), level)
+    # The last row / column of each box's level as integers for the clipping of the gather
+    # positions, as floats for the sampling: integer ops have no int8 version to slip into.
+    last_row_index = ops.take(ops.convert_to_tensor(heights - 1), level)
+    last_column_index = ops.take(ops.convert_to_tensor(widths - 1), level)
+    last_row = ops.cast(last_row_index, "float32")
+    last_column = ops.cast(last_column_index, "float32")
     width = ops.take(ops.convert_to_tensor(widths), level)
     batch_index = ops.arange(ops.shape(boxes)[0], dtype="int32")[:, None]
     base = batch_index * int(sum(sizes)) + ops.take(ops.convert_to_tensor(offsets), level)
@@ -335,13 +340,15 @@ def roi_align(feature_maps, boxes, pool_size, image_size):
     top, left = ops.floor(in_y), ops.floor(in_x)
     y_lerp, x_lerp = in_y - top, in_x - left
 
-    def clipped(position, last):
-        return ops.cast(ops.minimum(ops.maximum(position, 0.0), last), "int32")
+    def clipped(position, last):  # position: whole numbers as float32; last: int32
+        return ops.minimum(ops.maximum(ops.cast(position, "int32"), 0), last)
 
     row_base = ops.expand_dims(base, -1)
     width = ops.expand_dims(width, -1)
-    rows = [row_base + clipped(r, last_row) * width for r in (top, ops.ceil(in_y))]
-    columns = [clipped(c, last_column) for c in (left, ops.ceil(in_x))]
+    last_row_index = ops.expand_dims(last_row_index, -1)
+    last_column_index = ops.expand_dims(last_column_index, -1)
+    rows = [row_base + clipped(r, last_row_index) * width for r in (top, ops.ceil(in_y))]
+    columns = [clipped(c, last_column_index) for c in (left, ops.ceil(in_x))]
 
     def gather(row, column):  # (batch, boxes, pool_h, pool_w, C)
         return ops.take(table, ops.expand_dims(row, -1) + ops.expand_dims(column, -2), axis=0)
