@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -47,6 +46,7 @@ def main() -> None:
     from edgeseg.converters.maskrcnn_export import (
         calibration_images,
         geometry_layers,
+        in_layers,
         validate_instance_export,
     )
     from edgeseg.converters.tflite import convert_selective_int8
@@ -61,10 +61,9 @@ def main() -> None:
     rows = []
     for label, (extra, bound) in VARIANTS.items():
         names = [*geometry_layers(model), *extra]
-        pattern = re.compile(r"(^|/)(" + "|".join(map(re.escape, names)) + r")(_\d+)?/")
         started = time.time()
         blob, floats, noisy = convert_selective_int8(
-            model, lambda: iter(calibration), keep_float=lambda n, p=pattern: bool(p.search(n)),
+            model, lambda: iter(calibration), keep_float=in_layers(names),
             max_layer_error=bound, float_outputs=True)
         seconds = time.time() - started
         path = work / f"{len(rows)}.tflite"

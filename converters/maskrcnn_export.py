@@ -70,6 +70,16 @@ def geometry_layers(model) -> list[str]:
     return [layer.name for layer in model.layers if isinstance(layer, kinds)]
 
 
+def in_layers(layers: list[str]):
+    """A test of TFLite tensor names: does the tensor belong to one of these (nested) layers?
+
+    The converter names tensors by the path of layer calls, each layer name with a call suffix:
+    ``mobile_mask_rcnn_1/roi_align_masks_1/GatherV2``; fused ops join such names with ';'.
+    """
+    pattern = re.compile(r"(^|/)(" + "|".join(map(re.escape, layers)) + r")(_\d+)?/")
+    return lambda name: pattern.search(name) is not None
+
+
 def convert_instance_tflite(model, quant: str, calibration,
                             max_layer_error: float = MAX_LAYER_ERROR) -> tuple[bytes, str]:
     """(flatbuffer, quantisation mode): int8 kernels for the networks, float for the geometry.
@@ -86,10 +96,8 @@ def convert_instance_tflite(model, quant: str, calibration,
     if quant != "int8":
         return convert_keras_to_tflite(model, quant), quant
     geometry = geometry_layers(model)
-    pattern = re.compile(
-        r"(^|/)(" + "|".join(map(re.escape, [*geometry, *PREDICTION_LAYERS])) + r")(_\d+)?/")
     blob, _, noisy = convert_selective_int8(
-        model, lambda: iter(calibration), keep_float=lambda name: bool(pattern.search(name)),
+        model, lambda: iter(calibration), keep_float=in_layers([*geometry, *PREDICTION_LAYERS]),
         max_layer_error=max_layer_error, float_outputs=True)
     mode = ("int8 backbone, FPN, RPN and heads; float geometry (" + ", ".join(geometry)
             + ") and prediction layers (logits, box deltas)")

@@ -41,24 +41,36 @@ def load_interpreter(
     return interpreter
 
 
-def run_interpreter(interpreter, image):
-    """Runs one input through the interpreter, quantising / dequantising as its tensors need.
-
-    ``image`` is a float array (1, H, W, C) in the model's input range.
-    """
+def set_input(interpreter, image) -> None:
+    """Sets the interpreter's first input from a float array, quantising it if the input is
+    integer."""
     import numpy as np
 
     input_detail = interpreter.get_input_details()[0]
-    output_detail = interpreter.get_output_details()[0]
     x = np.asarray(image, dtype=np.float32)
     if input_detail["dtype"] != np.float32:
         scale, zero_point = input_detail["quantization"]
         info = np.iinfo(input_detail["dtype"])
         x = np.clip(np.round(x / scale + zero_point), info.min, info.max)
     interpreter.set_tensor(input_detail["index"], x.astype(input_detail["dtype"]))
-    interpreter.invoke()
+
+
+def read_output(interpreter, output_detail):
+    """One output of the invoked interpreter, dequantised if it is int8 / uint8 with a scale."""
+    import numpy as np
+
     y = interpreter.get_tensor(output_detail["index"])
     scale, zero_point = output_detail["quantization"]
     if y.dtype in (np.int8, np.uint8) and scale:
         y = (y.astype(np.float32) - zero_point) * scale
     return y
+
+
+def run_interpreter(interpreter, image):
+    """Runs one input through the interpreter, quantising / dequantising as its tensors need.
+
+    ``image`` is a float array (1, H, W, C) in the model's input range.
+    """
+    set_input(interpreter, image)
+    interpreter.invoke()
+    return read_output(interpreter, interpreter.get_output_details()[0])

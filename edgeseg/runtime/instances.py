@@ -16,7 +16,6 @@ LiteRT only.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,6 +24,8 @@ import numpy as np
 
 from edgeseg.instances import PASTE_MODES, frame_detections, resize_square
 from edgeseg.runtime.predictor import Predictor
+from edgeseg.runtime.segmenter import TimedStages
+from edgeseg.runtime_tflite import read_output, set_input
 
 MODEL_NAME = "mobile_mask_rcnn"
 DETECTION_KEYS = ("boxes", "classes", "scores", "masks", "count")
@@ -127,22 +128,10 @@ def _detect_tflite(interpreter, image: np.ndarray) -> dict[str, np.ndarray]:
             "float, classes (1, D) int, scores (1, D) float, masks (1, D, h, w) float, count "
             f"(1,) int); it has {_describe_specs(specs)}"
         )
-    input_detail = interpreter.get_input_details()[0]
-    x = np.asarray(image, np.float32)
-    if input_detail["dtype"] != np.float32:
-        scale, zero_point = input_detail["quantization"]
-        info = np.iinfo(input_detail["dtype"])
-        x = np.clip(np.round(x / scale + zero_point), info.min, info.max)
-    interpreter.set_tensor(input_detail["index"], x.astype(input_detail["dtype"]))
+    set_input(interpreter, image)
     interpreter.invoke()
-    outputs = {}
-    for role, detail in zip(roles, interpreter.get_output_details(), strict=True):
-        y = interpreter.get_tensor(detail["index"])
-        scale, zero_point = detail["quantization"]
-        if y.dtype in (np.int8, np.uint8) and scale:
-            y = (y.astype(np.float32) - zero_point) * scale
-        outputs[role] = y
-    return outputs
+    return {role: read_output(interpreter, detail)
+            for role, detail in zip(roles, interpreter.get_output_details(), strict=True)}
 
 
 def _detect_onnx(session, input_name: str, image: np.ndarray) -> dict[str, np.ndarray]:
@@ -221,8 +210,9 @@ class SquareGeometry:
     window: tuple[int, int]  # (h, w) of the frame inside the model input, from the top left
 
 
-class InstanceSegmenter:
-    """Runs a Mask R-CNN predictor on RGB frames of any size.
+class InstanceSegmenter(TimedStages):
+    """Runs a Mask R-CNN predictor on RGB frames of any size; called on a frame, returns its
+    instances in the frame (boxes, classes, scores, masks).
 
     Args:
         predictor: from :func:`edgeseg.runtime.load_predictor`, with a square input (S, S).
@@ -304,21 +294,6 @@ class InstanceSegmenter:
                                  threshold=self.threshold)
         keep = found["scores"] >= self.min_score
         return {key: found[key][keep] for key in ("boxes", "classes", "scores", "masks")}
-
-    def __call__(self, frame: np.ndarray) -> dict[str, np.ndarray]:
-        t0 = time.perf_counter()
-        batch, geometry = self.preprocess(frame)
-        t1 = time.perf_counter()
-        outputs = self.infer(batch)
-        t2 = time.perf_counter()
-        detections = self.postprocess(outputs, geometry)
-        t3 = time.perf_counter()
-        self.last_timings = {
-            "preprocess": 1e3 * (t1 - t0),
-            "inference": 1e3 * (t2 - t1),
-            "postprocess": 1e3 * (t3 - t2),
-        }
-        return detections
 
     # --- drawing --------------------------------------------------------------------------------
 

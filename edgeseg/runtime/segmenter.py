@@ -41,8 +41,30 @@ def default_palette(num_classes: int) -> np.ndarray:
     return palette
 
 
-class Segmenter:
-    """Runs a predictor on RGB frames of any size.
+class TimedStages:
+    """``__call__`` runs ``preprocess`` -> ``infer`` -> ``postprocess`` on one frame and keeps
+    each stage's time in ``last_timings`` (ms): what the demos and benchmarks report."""
+
+    last_timings: dict[str, float]
+
+    def __call__(self, frame: np.ndarray):
+        t0 = time.perf_counter()
+        batch, geometry = self.preprocess(frame)
+        t1 = time.perf_counter()
+        output = self.infer(batch)
+        t2 = time.perf_counter()
+        result = self.postprocess(output, geometry)
+        t3 = time.perf_counter()
+        self.last_timings = {
+            "preprocess": 1e3 * (t1 - t0),
+            "inference": 1e3 * (t2 - t1),
+            "postprocess": 1e3 * (t3 - t2),
+        }
+        return result
+
+
+class Segmenter(TimedStages):
+    """Runs a predictor on RGB frames of any size; called on a frame, returns its label map.
 
     Args:
         predictor: from :func:`edgeseg.runtime.load_predictor`.
@@ -100,21 +122,6 @@ class Segmenter:
         x, y, w, h = geometry.content
         labels = labels[y : y + h, x : x + w].astype(np.uint8)
         return cv2.resize(labels, geometry.frame_size, interpolation=cv2.INTER_NEAREST)
-
-    def __call__(self, frame: np.ndarray) -> np.ndarray:
-        t0 = time.perf_counter()
-        batch, geometry = self.preprocess(frame)
-        t1 = time.perf_counter()
-        output = self.infer(batch)
-        t2 = time.perf_counter()
-        labels = self.postprocess(output, geometry)
-        t3 = time.perf_counter()
-        self.last_timings = {
-            "preprocess": 1e3 * (t1 - t0),
-            "inference": 1e3 * (t2 - t1),
-            "postprocess": 1e3 * (t3 - t2),
-        }
-        return labels
 
     # --- drawing --------------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ import pytest
 pytest.importorskip("tensorflow")
 
 from edgeseg.converters.tflite import convert_selective_int8, non_builtin_ops  # noqa: E402
-from edgeseg.runtime_tflite import load_interpreter  # noqa: E402
+from edgeseg.runtime_tflite import load_interpreter, run_interpreter  # noqa: E402
 from tests.helpers import graph_ops, keras_predict, random_images  # noqa: E402
 
 
@@ -28,14 +28,6 @@ def conv_input_types(blob: bytes) -> dict[str, str]:
     return dict(zip(("first", "keepme", "last"), convs, strict=True))
 
 
-def run(blob: bytes, x: np.ndarray) -> np.ndarray:
-    interpreter = load_interpreter(model_content=blob)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
-    interpreter.invoke()
-    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-
-
 def test_named_ops_stay_float_and_the_rest_run_int8(three_convs):
     images = random_images(8, 16, 16)
     blob, floats, noisy = convert_selective_int8(
@@ -46,7 +38,7 @@ def test_named_ops_stay_float_and_the_rest_run_int8(three_convs):
     # The int8 graph computes the Keras model's function to within a few int8 steps.
     x = images[:1]
     expected = keras_predict(three_convs, x)
-    got = run(blob, x)
+    got = run_interpreter(load_interpreter(model_content=blob), x)
     assert got.dtype == np.float32
     step = (expected.max() - expected.min()) / 255
     assert np.abs(got - expected).max() < 8 * step

@@ -84,6 +84,12 @@ def _per_image(function, tensors, layer_name: str):
     return tuple(ops.stack(parts, axis=0) for parts in zip(*results, strict=True))
 
 
+def ranking_keys(logits):
+    """int32(logit * RANK_SCALE): the logits' order to 2^-16, as integers, which TFLite's int8
+    quantiser leaves exact (it runs top-k, max and equality of floats in int8)."""
+    return ops.cast(ops.cast(logits, "float32") * RANK_SCALE, "int32")
+
+
 def _zero_past(values, count, length: int):
     """``values`` (length, ...) with the entries from ``count`` on set to zero."""
     valid = ops.arange(length, dtype="int32") < count
@@ -130,8 +136,7 @@ class ProposalLayer(keras.layers.Layer):
         # Ranked by logit (the order of the sigmoid) on a 2^-16 grid, as int32 keys: the
         # float order to 1.5e-5, and integers keep an int8 export's top-k exact (TFLite's
         # quantiser runs a top-k of floats in int8, whose ties reorder the anchors).
-        keys = ops.cast(ops.cast(logits, "float32") * RANK_SCALE, "int32")
-        _, top = ops.top_k(keys, min(self.pre_nms, num_anchors))
+        _, top = ops.top_k(ranking_keys(logits), min(self.pre_nms, num_anchors))
         top = ops.cast(top, "int32")
         scores = ops.take(logits, top, axis=0)
         anchors = ops.take(ops.convert_to_tensor(self.anchors), top, axis=0)
@@ -196,7 +201,7 @@ class DetectionLayer(keras.layers.Layer):
         # The class by int32 keys of the logits, the score by arithmetic: comparisons, maxima
         # and SOFTMAX of floats share one int8 scale in TFLite's quantiser even where the ops
         # are kept float, and scores near 1 would tie at 255/256 (see RANK_SCALE).
-        class_ids = first_argmax(ops.cast(logits * RANK_SCALE, "int32"), axis=-1)
+        class_ids = first_argmax(ranking_keys(logits), axis=-1)
         exp = ops.exp(logits - ops.max(logits, axis=-1, keepdims=True))
         probs = exp / ops.sum(exp, axis=-1, keepdims=True)
         scores = ops.sum(probs * ops.one_hot(class_ids, num_classes), axis=-1)
