@@ -17,17 +17,18 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
-
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 MODEL_OPTIONS = {"enet": {}, "segnet": {}, "unet": {}, "fcn8s": {}}
 
 
 def export_all(name: str, size: tuple[int, int], work: Path, num_classes: int) -> list[Path]:
-    from edgeseg.converters.onnx_export import convert_keras_to_onnx, save_onnx_atomic
+    from edgeseg.artifacts import DEFAULT_NORMALISATION, write_sidecar
+    from edgeseg.converters.calibration import normalise
+    from edgeseg.converters.onnx_export import convert_keras_to_onnx
     from edgeseg.converters.tflite import convert_keras_to_tflite
     from edgeseg.data import SYNTHETIC_CLASSES, SceneSequence
+    from edgeseg.io import write_bytes_atomic
     from edgeseg.models import build
 
     width, height = size
@@ -36,15 +37,15 @@ def export_all(name: str, size: tuple[int, int], work: Path, num_classes: int) -
     model = build(name, num_classes, (height, width, 3), **MODEL_OPTIONS[name])
     classes = list(SYNTHETIC_CLASSES)[:num_classes]
     sidecar = {"model": name, "classes": classes, "size": [width, height],
-               "normalisation": {"scale": 1 / 255, "offset": 0.0}}
+               "normalisation": DEFAULT_NORMALISATION}
     sequence = SceneSequence(seed=1, size=size)
-    calibration = [sequence.frame(t)[0].astype(np.float32) / 255 for t in range(0, 64, 8)]
+    calibration = [normalise(sequence.frame(t)[0]) for t in range(0, 64, 8)]
     artifacts = {
         f"{tag}.keras": lambda p: model.save(p),
         f"{tag}_fp32.tflite": lambda p: p.write_bytes(convert_keras_to_tflite(model)),
         f"{tag}_int8.tflite": lambda p: p.write_bytes(convert_keras_to_tflite(
             model, "int8", lambda: iter(calibration), io_type="uint8")),
-        f"{tag}.onnx": lambda p: save_onnx_atomic(convert_keras_to_onnx(model), p),
+        f"{tag}.onnx": lambda p: write_bytes_atomic(p, convert_keras_to_onnx(model).SerializeToString()),
     }
     written = []
     for filename, write in artifacts.items():
@@ -55,7 +56,7 @@ def export_all(name: str, size: tuple[int, int], work: Path, num_classes: int) -
         meta = {**sidecar, "quant": quant}
         if filename.endswith(".keras"):
             path.with_name("run.json").write_text(json.dumps(meta))  # overwritten per model
-        path.with_name(path.name + ".json").write_text(json.dumps(meta))
+        write_sidecar(path, meta)
         written.append(path)
     return written
 

@@ -46,7 +46,7 @@ def train_if_missing(model: str, run: Path, minutes: float, size: tuple[int, int
     lr = 1e-4 if model == "fcn8s" else 1e-3  # FCN's unnormalised heads want the smaller step
     train(TrainConfig(model=model, data="synthetic", out=str(run), size=size, epochs=50,
                       steps_per_epoch=25, batch=4, optimizer="adam", lr=lr, max_minutes=minutes,
-                      resume=True, verbose=0))
+                      resume="auto", verbose=0))
 
 
 def export_row(model: str, run: Path, mode: tuple, work: Path, num_val: int, qat_epochs: int):

@@ -50,8 +50,8 @@ def main() -> None:
         validate_instance_export,
     )
     from edgeseg.converters.tflite import convert_selective_int8
-    from edgeseg.evaluate import load_keras_model
-    from edgeseg.models.maskrcnn.dataset import open_instances
+    from edgeseg.data import open_instances
+    from edgeseg.models.loading import load_keras_model
 
     model = load_keras_model(Path(args.run) / "best.keras")
     size = int(model.inputs[0].shape[1])

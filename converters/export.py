@@ -1,29 +1,54 @@
 """``edgeseg export``: a trained .keras model to a deployable artifact, checked against itself.
 
-Every export is written atomically (a temporary file in the destination's folder, then a rename)
-and then validated: the artifact and the Keras model it came from run on held-out images, and
-the report beside the artifact gives their pixel agreement, the mIoU of each against the labels
-and the mIoU drop. ``max_miou_drop`` turns a larger drop into a failed export.
+One skeleton for every model, semantic or instance:
+
+1. ask ``edgeseg.artifacts.open_artifact`` what the source is (its task, read from the model's
+   outputs; classes, palette, normalisation, input size; the run record naming its training
+   data) and check the options against the formats table and the task;
+2. the destination (``--out`` or a name beside the source, with the format's suffix);
+3. calibration images, for int8 and QAT, as the model takes them;
+4. the conversion, through the converter that the formats table's row names (or the task's own,
+   see :class:`TaskExport`), into a temporary name beside the destination that is renamed onto
+   it only when the artifact is whole and passed the row's check (TFLite: builtin ops only);
+5. the sidecar ``<artifact>.json`` (``edgeseg.artifacts.write_sidecar``, one schema) and, where
+   the format and task allow, the same metadata embedded in the file;
+6. validation: the artifact and the Keras model it came from run on held-out images. Semantic
+   models report pixel agreement, the mIoU of each against the labels and the drop; instance
+   models the detections matched and the COCO mask AP drop. ``max_miou_drop`` (points) turns a
+   larger drop into a failed export;
+7. the report ``<artifact>.report.json``.
+
+The task decides only what differs (allowed options, the model at the export size, calibration
+images, a converter override, validation): :data:`EXPORT_TASKS`.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-import cv2
 import numpy as np
 
 from edgeseg import __version__
-from edgeseg.converters.formats import check_export_options
+from edgeseg.artifacts import SIDECAR_VERSION, Artifact, open_artifact, write_sidecar
+from edgeseg.converters.calibration import prepare_images
+from edgeseg.converters.formats import (
+    EXPORT_FORMATS,
+    ConversionJob,
+    ExportFormat,
+    check_export_options,
+    resolve,
+)
 from edgeseg.data import IGNORE_INDEX, open_dataset
-from edgeseg.evaluate import load_keras_model, write_json_atomic
+from edgeseg.io import atomic_path, write_bytes_atomic, write_json_atomic
 from edgeseg.metrics import ConfusionMatrix
-from edgeseg.runtime import load_predictor, read_metadata
+from edgeseg.models.loading import load_keras_model
+
+__all__ = ["EXPORT_TASKS", "ExportRequest", "ExportValidationError", "TaskExport", "export",
+           "prepare_images", "validate_export"]
 
 
 class ExportValidationError(RuntimeError):
@@ -43,98 +68,153 @@ class ExportRequest:
     size: tuple[int, int] | None = None  # (width, height); default: the training size
     val_data: str | None = None  # data spec for validation (default: calib / training data)
     num_val: int = 20
-    max_miou_drop: float | None = None  # in mIoU points (percent)
+    max_miou_drop: float | None = None  # in mIoU points (mask AP points for instance models)
     qat_epochs: int = 2
 
 
-# --- inputs -------------------------------------------------------------------------------------
+# --- what differs between tasks ------------------------------------------------------------------
 
 
-def prepare_images(dataset, count: int, size: tuple[int, int], seed: int = 0):
-    """Up to ``count`` (image float32 [0,1], label) pairs resized to ``size`` (W, H)."""
-    order = np.random.default_rng(seed).permutation(len(dataset))[:count]
-    images, labels = [], []
-    for index in order:
-        image, label = dataset[int(index)]
-        images.append(cv2.resize(image, size, interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255)
-        labels.append(cv2.resize(label, size, interpolation=cv2.INTER_NEAREST))
-    return np.stack(images), np.stack(labels)
+class TaskExport:
+    """The parts of an export that depend on the task; the skeleton (:func:`export`) does the
+    rest. One instance per task in :data:`EXPORT_TASKS`."""
+
+    task: str
+    data_example: str  # a data spec for the error that asks for calibration images
+    drop_key: str  # the validation field that ``max_miou_drop`` bounds
+    metric: str  # what that drop is of, for the error
+    converters: Mapping[str, str] = {}  # format -> "module:function" in place of the table's
+    metadata_note: str | None = None  # why the format's embedded metadata is not written
+
+    def check_options(self, request: ExportRequest) -> ExportFormat:
+        raise NotImplementedError
+
+    def model_at_size(self, source, artifact: Artifact, request: ExportRequest):
+        """(the model to convert, its input size (W, H))."""
+        raise NotImplementedError
+
+    def output_fields(self, request: ExportRequest) -> dict[str, Any]:
+        """The sidecar fields that say what the artifact takes and returns."""
+        raise NotImplementedError
+
+    def calibration(self, spec: str, size: tuple[int, int], count: int,
+                    normalisation: Mapping) -> np.ndarray:
+        raise NotImplementedError
+
+    def validate(self, model, artifact: Path, spec: str, size: tuple[int, int], count: int,
+                 normalisation: Mapping, num_classes: int) -> dict:
+        raise NotImplementedError
 
 
-def export_model_for(source, metadata: dict, size: tuple[int, int], output: str):
-    """The model to convert: the source itself, or the same weights rebuilt at another size /
-    with another output head (fully convolutional models take any size)."""
+class SemanticExport(TaskExport):
+    """A per-pixel classifier: any format; validated by pixel agreement and mIoU."""
+
+    task = "semantic"
+    data_example = "synthetic or camvid:/data/CamVid"
+    drop_key, metric = "miou_drop_points", "mIoU"
+
+    def check_options(self, request):
+        return check_export_options(request.format, request.quant, request.io, request.output)
+
+    def model_at_size(self, source, artifact, request):
+        size = tuple(request.size or artifact.input_size or ())
+        if len(size) != 2 or None in size:
+            raise ValueError(f"{artifact.path} takes any input size: pass --size WxH")
+        return export_model_for(source, artifact, size, request.output), size
+
+    def output_fields(self, request):
+        return {"io": request.io, "output": request.output, "ignore_index": IGNORE_INDEX}
+
+    def calibration(self, spec, size, count, normalisation):
+        return prepare_images(open_dataset(spec, "train"), count, size,
+                              normalisation=normalisation)[0]
+
+    def validate(self, model, artifact, spec, size, count, normalisation, num_classes):
+        images, labels = prepare_images(open_dataset(spec, "val"), count, size, seed=1,
+                                        normalisation=normalisation)
+        return validate_export(model, artifact, images, labels, num_classes)
+
+
+class InstanceExport(TaskExport):
+    """A detector with masks (Mask R-CNN): the whole graph, image to padded detections, in
+    TFLite (int8 where it holds, ``edgeseg.converters.maskrcnn_export``) or ONNX; validated on
+    matched detections and the COCO mask AP."""
+
+    task = "instance"
+    data_example = "synthetic or coco:/data/coco"
+    drop_key, metric = "mask_ap_drop_points", "mask AP"
+    converters = {"tflite": "edgeseg.converters.maskrcnn_export:write_instance_tflite"}
+    metadata_note = "not embedded: MediaPipe's ImageSegmenter reads semantic models"
+
+    def check_options(self, request):
+        from edgeseg.converters.maskrcnn_export import check_instance_options
+
+        check_instance_options(request.format, request.quant, request.io, request.output)
+        return EXPORT_FORMATS[request.format]
+
+    def model_at_size(self, source, artifact, request):
+        height, width = (int(v) for v in source.inputs[0].shape[1:3])
+        if request.size and tuple(request.size) != (width, height):
+            raise ValueError(
+                f"{artifact.path.name} has a fixed {width}x{height} input (its anchors are "
+                f"constants); --size {request.size[0]}x{request.size[1]} would need another model"
+            )
+        return source, (width, height)
+
+    def output_fields(self, request):
+        return {"io": "float32", "output": "detections"}
+
+    def calibration(self, spec, size, count, normalisation):
+        from edgeseg.converters.maskrcnn_export import calibration_images
+        from edgeseg.data import open_instances
+
+        return calibration_images(open_instances(spec, "train"), size[0], count,
+                                  normalisation=normalisation)
+
+    def validate(self, model, artifact, spec, size, count, normalisation, num_classes):
+        from edgeseg.converters.maskrcnn_export import validate_instance_export
+        from edgeseg.data import open_instances
+
+        return validate_instance_export(model, artifact, open_instances(spec, "val"), size[0],
+                                        count, normalisation=normalisation)
+
+
+EXPORT_TASKS: dict[str, TaskExport] = {t.task: t for t in (SemanticExport(), InstanceExport())}
+"""The task (``Artifact.task``, read from the model's outputs) -> what its export does."""
+
+
+# --- semantic parts ------------------------------------------------------------------------------
+
+
+def export_model_for(source, artifact: Artifact, size: tuple[int, int], output: str):
+    """The model to convert: the source itself, or the same weights rebuilt by the registry at
+    another size / with another output head (fully convolutional models take any size)."""
     from edgeseg.models import build
 
     height, width = source.inputs[0].shape[1:3]
     if (width, height) == tuple(size) and output == "logits":
         return source
-    architecture = metadata.get("model") or source.name
-    options = (metadata.get("config") or {}).get("model_options") or {}
+    options = _run_config(artifact).get("model_options") or {}
     num_classes = source.outputs[0].shape[-1]
-    model = build(architecture, num_classes, (size[1], size[0], 3), output=output, **options)
-    model.set_weights(source.get_weights())
-    return model
-
-
-def atomic_destination(out: Path):
-    """A temporary path next to ``out`` with the same suffix; rename it onto ``out`` when done."""
-    handle, tmp = tempfile.mkstemp(prefix=f".{out.stem}-", suffix=out.suffix or ".tmp", dir=out.parent)
-    os.close(handle)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would otherwise survive the rename
-    return Path(tmp)
-
-
-# --- conversion ---------------------------------------------------------------------------------
-
-
-def _convert(request: ExportRequest, model, calibration, train_spec: str, tmp: Path) -> None:
-    if request.format == "tflite":
-        from edgeseg.converters.tflite import convert_keras_to_tflite, non_builtin_ops
-
-        if request.quant == "qat":
-            from edgeseg.converters.qat import qat_export_tflite
-
-            blob = qat_export_tflite(model, train_spec, calibration, request.io,
-                                     epochs=request.qat_epochs)
-        else:
-            blob = convert_keras_to_tflite(
-                model, request.quant,
-                (lambda: iter(calibration)) if request.quant == "int8" else None,
-                io_type=request.io,
-            )
-        bad = non_builtin_ops(blob)
-        if bad:
-            raise RuntimeError(f"the TFLite graph needs non-builtin ops {bad}; refusing to write it")
-        tmp.write_bytes(blob)
-    elif request.format == "onnx":
-        from edgeseg.converters.onnx_export import convert_keras_to_onnx
-
-        tmp.write_bytes(convert_keras_to_onnx(model).SerializeToString())
-    elif request.format == "tensorrt":
-        from edgeseg.converters.onnx_export import convert_keras_to_onnx
-        from edgeseg.converters.tensorrt_export import (
-            EntropyCalibrator,
-            build_engine,
-            trtexec_command,
+    try:
+        model = build(artifact.family, num_classes, (size[1], size[0], 3), output=output,
+                      **options)
+    except ValueError as error:
+        raise ValueError(
+            f"--size / --output rebuild the model by its registry name, and {artifact.path.name} "
+            f"is {artifact.family!r}: {error}. Export it at its own size with --output logits, "
+            "or save it with its registry name (a run.json beside it that names the model)"
+        ) from None
+    weights = source.get_weights()
+    if [w.shape for w in model.weights] != [w.shape for w in weights]:
+        raise ValueError(
+            f"--size / --output rebuild {artifact.path.name} as {artifact.family!r} with the "
+            f"options {options or '(defaults)'} from its run.json, and that model has other "
+            "weights than the file: export it at its own size with --output logits, or put the "
+            "run.json of its training (config.model_options) beside it"
         )
-
-        onnx_path = tmp.with_suffix(".onnx")
-        onnx_path.write_bytes(convert_keras_to_onnx(model).SerializeToString())
-        print("for images with only trtexec:\n  "
-              + trtexec_command(onnx_path, tmp, request.quant))
-        calibrator = EntropyCalibrator(calibration, batch_size=1,
-                                       cache_path=str(tmp) + ".calib") if request.quant == "int8" else None
-        build_engine(onnx_path, tmp, request.quant, calibrator)
-    elif request.format == "saved_model":
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.unlink(missing_ok=True)
-        model.export(str(tmp), format="tf_saved_model", verbose=False)
-
-
-# --- validation ---------------------------------------------------------------------------------
+    model.set_weights(weights)
+    return model
 
 
 def _label_maps(output: np.ndarray) -> np.ndarray:
@@ -144,6 +224,8 @@ def _label_maps(output: np.ndarray) -> np.ndarray:
 def validate_export(reference_model, artifact: Path, images, labels, num_classes: int) -> dict:
     """Pixel agreement and mIoU of the artifact against the Keras model it came from."""
     from keras import ops
+
+    from edgeseg.runtime import load_predictor
 
     predictor = load_predictor(artifact)
     agree = total = 0
@@ -171,97 +253,119 @@ def validate_export(reference_model, artifact: Path, images, labels, num_classes
     }
 
 
-# --- the export ---------------------------------------------------------------------------------
+# --- the skeleton --------------------------------------------------------------------------------
 
 
 def export(request: ExportRequest) -> dict:
-    """Exports, validates and writes the report; returns the report."""
-    source_path = Path(request.model)
-    metadata = read_metadata(source_path) or {}
-    if metadata.get("model") == "mobile_mask_rcnn":
-        return export_instances(request, source_path, metadata)
-    row = check_export_options(request.format, request.quant, request.io, request.output)
+    """Exports, validates and writes the sidecar and the report; returns the report."""
+    source_path = Path(request.model).expanduser()
+    artifact = open_artifact(source_path)
+    if artifact.format != "keras":
+        raise ValueError(f"edgeseg export converts a .keras model; {source_path} is a "
+                         f"{artifact.format} file")
+    task = EXPORT_TASKS[artifact.task]
+    row = task.check_options(request)
+    out = _destination(request, row, source_path)
     source = load_keras_model(source_path)
-    height, width = source.inputs[0].shape[1:3]
-    size = tuple(request.size or metadata.get("size") or (width, height))
-    train_spec = request.calib or (metadata.get("config") or {}).get("data")
+    model, size = task.model_at_size(source, artifact, request)
+    num_classes = artifact.num_classes or int(source.outputs[0].shape[-1])
+    classes = artifact.classes or [f"class_{i}" for i in range(num_classes)]
+
+    train_spec = request.calib or _run_config(artifact).get("data")
     val_spec = request.val_data or train_spec
-    if request.quant in ("int8", "qat") and not train_spec:
-        raise ValueError(
-            f"--quant {request.quant} needs calibration images: pass --calib SPEC (such as "
-            "synthetic or camvid:/data/CamVid), or export a model trained by edgeseg (its run.json "
-            "names the data)"
-        )
-    out = Path(request.out or source_path.with_name(
-        f"{source_path.stem}_{request.quant}{row.suffix or '_saved_model'}"))
-    if row.suffix and out.suffix != row.suffix:
-        raise ValueError(f"--format {row.name} writes {row.suffix} files; got --out {out}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-
-    model = export_model_for(source, metadata, size, request.output)
     calibration = None
-    if train_spec and request.quant in ("int8", "qat") or request.format == "tensorrt":
-        spec = train_spec or val_spec
-        if spec:
-            calibration, _ = prepare_images(open_dataset(spec, "train"), request.num_calib, size)
+    if request.quant in ("int8", "qat"):
+        if not train_spec:
+            raise ValueError(
+                f"--quant {request.quant} needs calibration images: pass --calib SPEC (such as "
+                f"{task.data_example}), or export a model trained by edgeseg (its run.json "
+                "names the data)"
+            )
+        calibration = task.calibration(train_spec, size, request.num_calib,
+                                       artifact.normalisation)
 
-    tmp = atomic_destination(out)
+    job = ConversionJob(model=model, quant=request.quant, io=request.io, calibration=calibration,
+                        train_spec=train_spec, qat_epochs=request.qat_epochs, destination=out)
     started = time.time()
-    try:
-        _convert(request, model, calibration, train_spec, tmp)
-        if out.is_dir():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+    quant_mode = _convert(task, row, job, out)
     seconds = time.time() - started
 
-    classes = metadata.get("classes") or [f"class_{i}" for i in range(source.outputs[0].shape[-1])]
     sidecar = {
-        "model": metadata.get("model") or source.name,
+        "model": artifact.family,
+        "task": task.task,
         "source": str(source_path),
-        "format": request.format,
+        "format": row.name,
         "quant": request.quant,
-        "io": request.io,
-        "output": request.output,
+        "quant_mode": quant_mode,
+        **task.output_fields(request),
         "classes": classes,
-        "palette": metadata.get("palette"),
+        "palette": artifact.palette,
         "size": list(size),
         "input_size": list(size),
-        "normalisation": metadata.get("normalisation") or {"scale": 1 / 255, "offset": 0.0},
-        "ignore_index": IGNORE_INDEX,
-        "edgeseg_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "normalisation": artifact.normalisation,
     }
-    if request.format == "tflite":
-        from edgeseg.converters.tflite_metadata import MediaPipeIncompatibleError, embed_metadata
-
-        try:
-            blob = embed_metadata(out.read_bytes(), sidecar)
-            tmp = atomic_destination(out)
-            tmp.write_bytes(blob)
-            os.replace(tmp, out)
-            sidecar["embedded_metadata"] = True
-        except MediaPipeIncompatibleError as error:
-            # int8 input or a mask output: LiteRT runs it, MediaPipe's segmenter cannot.
-            sidecar["embedded_metadata"] = f"not embedded: {error}"
-    sidecar_path = out.with_name(out.name + ".json")
-    write_json_atomic(sidecar_path, sidecar)
+    if row.metadata:
+        sidecar["embedded_metadata"] = _embed_metadata(task, row, out, sidecar)
+    write_sidecar(out, sidecar)
 
     report = {
         "request": {**asdict(request), "size": list(size)},
+        "task": task.task,
         "artifact": str(out),
         "artifact_bytes": _size_of(out),
         "convert_seconds": seconds,
+        "quant_mode": quant_mode,
         "validation": None,
         "passed": True,
     }
-    if request.format != "tensorrt" and val_spec:
-        images, labels = prepare_images(open_dataset(val_spec, "val"), request.num_val, size, seed=1)
-        report["validation"] = validate_export(model, out, images, labels, len(classes))
+    if row.validated and val_spec:
+        report["validation"] = task.validate(model, out, val_spec, size, request.num_val,
+                                             artifact.normalisation, num_classes)
         report["validation"]["data"] = val_spec
-    return _write_report(report, out, request.max_miou_drop, "miou_drop_points", "mIoU")
+    return _write_report(report, out, request.max_miou_drop, task.drop_key, task.metric)
+
+
+def _run_config(artifact: Artifact) -> dict:
+    """The training configuration in the run record beside the model (data spec, options)."""
+    return ((artifact.run or {}).get("config")) or {}
+
+
+def _destination(request: ExportRequest, row: ExportFormat, source: Path) -> Path:
+    """``--out``, or ``<source stem>_<quant><suffix>`` beside the source; the suffix checked."""
+    out = Path(request.out).expanduser() if request.out else source.with_name(
+        f"{source.stem}_{request.quant}{row.suffix or '_saved_model'}")
+    if row.suffix and out.suffix != row.suffix:
+        raise ValueError(f"--format {row.name} writes {row.suffix} files; got --out {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _convert(task: TaskExport, row: ExportFormat, job: ConversionJob, out: Path) -> str:
+    """Runs the converter into a temporary beside ``out``, then the row's check; renames it onto
+    ``out`` only when both pass. Returns the quantisation mode the converter applied."""
+    converter = resolve(task.converters.get(row.name, row.converter))
+    with atomic_path(out, folder=row.folder) as temporary:
+        quant_mode = converter(job, temporary)
+        if row.check:
+            resolve(row.check)(temporary)
+    return quant_mode
+
+
+def _embed_metadata(task: TaskExport, row: ExportFormat, out: Path, fields: dict) -> bool | str:
+    """Embeds the sidecar's fields in the artifact (the row's ``metadata`` function), where the
+    task allows; True, or why not."""
+    if task.metadata_note:
+        return task.metadata_note
+    from edgeseg.converters.tflite_metadata import MediaPipeIncompatibleError
+
+    try:
+        blob = resolve(row.metadata)(out.read_bytes(), {
+            **fields, "sidecar_version": SIDECAR_VERSION, "edgeseg_version": __version__})
+    except MediaPipeIncompatibleError as error:
+        # int8 input or a mask output: LiteRT runs it, MediaPipe's segmenter cannot.
+        return f"not embedded: {error}"
+    write_bytes_atomic(out, blob)
+    return True
 
 
 def _write_report(report: dict, out: Path, max_drop: float | None, drop_key: str,
@@ -282,98 +386,3 @@ def _size_of(path: Path) -> int:
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     return path.stat().st_size
-
-
-def export_instances(request: ExportRequest, source_path: Path, metadata: dict) -> dict:
-    """A Mask R-CNN export (``edgeseg.converters.maskrcnn_export``), validated on detections.
-
-    ``max_miou_drop`` bounds the drop of the COCO mask AP (points) for these models.
-    """
-    from edgeseg.converters.maskrcnn_export import (
-        calibration_images,
-        check_instance_options,
-        convert_instance_tflite,
-        validate_instance_export,
-    )
-    from edgeseg.models.maskrcnn.dataset import open_instances
-
-    check_instance_options(request.format, request.quant, request.io, request.output)
-    suffix = {"tflite": ".tflite", "onnx": ".onnx"}[request.format]
-    out = Path(request.out or source_path.with_name(f"{source_path.stem}_{request.quant}{suffix}"))
-    if out.suffix != suffix:
-        raise ValueError(f"--format {request.format} writes {suffix} files; got --out {out}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    model = load_keras_model(source_path, compile=False)
-    size = int(model.inputs[0].shape[1])
-    if request.size and tuple(request.size) != (size, size):
-        raise ValueError(
-            f"mobile_mask_rcnn has a fixed {size}x{size} input (its anchors are constants); "
-            f"--size {request.size[0]}x{request.size[1]} would need another model"
-        )
-    train_spec = request.calib or (metadata.get("config") or {}).get("data")
-    val_spec = request.val_data or train_spec
-    if request.quant == "int8" and not train_spec:
-        raise ValueError("--quant int8 needs calibration images: pass --calib SPEC (coco:PATH "
-                         "or synthetic), or export a model trained by edgeseg")
-    calibration = None
-    if request.quant == "int8":
-        calibration = calibration_images(open_instances(train_spec, "train"), size,
-                                         request.num_calib)
-
-    tmp = atomic_destination(out)
-    started = time.time()
-    quant_mode = request.quant
-    try:
-        if request.format == "tflite":
-            from edgeseg.converters.tflite import non_builtin_ops
-
-            blob, quant_mode = convert_instance_tflite(model, request.quant, calibration)
-            bad = non_builtin_ops(blob)
-            if bad:
-                raise RuntimeError(f"the TFLite graph needs non-builtin ops {bad}; refusing to "
-                                   "write it")
-            tmp.write_bytes(blob)
-        else:
-            from edgeseg.converters.onnx_export import convert_keras_to_onnx
-
-            tmp.write_bytes(convert_keras_to_onnx(model).SerializeToString())
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    seconds = time.time() - started
-
-    sidecar = {
-        "model": "mobile_mask_rcnn",
-        "task": "instance",
-        "source": str(source_path),
-        "format": request.format,
-        "quant": request.quant,
-        "quant_mode": quant_mode,
-        "io": "float32",
-        "output": "detections",
-        "classes": metadata.get("classes"),
-        "palette": metadata.get("palette"),
-        "size": [size, size],
-        "input_size": [size, size],
-        "normalisation": metadata.get("normalisation") or {"scale": 1 / 255, "offset": 0.0},
-        "embedded_metadata": "not embedded: MediaPipe's ImageSegmenter reads semantic models",
-        "edgeseg_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    write_json_atomic(out.with_name(out.name + ".json"), sidecar)
-    report = {
-        "request": {**asdict(request), "size": [size, size]},
-        "artifact": str(out),
-        "artifact_bytes": _size_of(out),
-        "convert_seconds": seconds,
-        "quant_mode": quant_mode,
-        "validation": None,
-        "passed": True,
-    }
-    if val_spec:
-        report["validation"] = validate_instance_export(
-            model, out, open_instances(val_spec, "val"), size, request.num_val)
-        report["validation"]["data"] = val_spec
-    return _write_report(report, out, request.max_miou_drop, "mask_ap_drop_points", "mask AP")
-

@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
+
+from edgeseg.converters.calibration import normalise
 
 INSTANCE_QUANT = ("none", "fp16", "dynamic", "int8")
 INSTANCE_FORMATS = ("tflite", "onnx")
@@ -25,34 +29,38 @@ MAX_LAYER_ERROR = 1.0
 
 
 def check_instance_options(fmt: str, quant: str, io: str, output: str) -> None:
-    """A ValueError saying what a Mask R-CNN export accepts."""
+    """A ValueError saying what an instance (Mask R-CNN) export accepts."""
     if fmt not in INSTANCE_FORMATS:
         raise ValueError(
-            f"mobile_mask_rcnn exports to --format {' / '.join(INSTANCE_FORMATS)}; got {fmt!r}"
+            f"an instance model (Mask R-CNN) exports to --format {' / '.join(INSTANCE_FORMATS)}; "
+            f"got {fmt!r}"
         )
     allowed = INSTANCE_QUANT if fmt == "tflite" else ("none",)
     if quant not in allowed:
         raise ValueError(
-            f"mobile_mask_rcnn --format {fmt} accepts --quant {' / '.join(allowed)}; got {quant!r}"
+            f"an instance model --format {fmt} accepts --quant {' / '.join(allowed)}; "
+            f"got {quant!r}"
         )
     if io != "float32":
         raise ValueError(
-            f"mobile_mask_rcnn takes and returns float tensors (an image in [0, 1]; boxes, "
+            f"an instance model takes and returns float tensors (a normalised image; boxes, "
             f"scores, masks): use --io float32, got --io {io}"
         )
     if output not in ("logits", "detections"):
         raise ValueError(
-            f"mobile_mask_rcnn outputs its padded detections; --output {output} does not apply"
+            f"an instance model outputs its padded detections; --output {output} does not apply"
         )
 
 
-def calibration_images(instances, size: int, count: int, seed: int = 0) -> np.ndarray:
-    """Up to ``count`` training images as the model sees them: (n, 1, S, S, 3) float32 [0, 1]."""
+def calibration_images(instances, size: int, count: int, seed: int = 0,
+                       normalisation: Mapping | None = None) -> np.ndarray:
+    """Up to ``count`` training images as the model sees them: (n, 1, S, S, 3) float32, square
+    padded and normalised (default ``edgeseg.artifacts.DEFAULT_NORMALISATION``, [0, 1])."""
     from edgeseg.instances import resize_square
 
     order = np.random.default_rng(seed).permutation(len(instances))[:count]
-    return np.stack([resize_square(instances[int(i)]["image"], size)[0][None] / np.float32(255)
-                     for i in order]).astype(np.float32)
+    squares = np.stack([resize_square(instances[int(i)]["image"], size)[0][None] for i in order])
+    return normalise(squares, normalisation)
 
 
 def geometry_layers(model) -> list[str]:
@@ -107,6 +115,14 @@ def convert_instance_tflite(model, quant: str, calibration,
     return blob, mode
 
 
+def write_instance_tflite(job, path) -> str:
+    """The instance task's TFLite converter (in place of the formats table's): the whole graph,
+    int8 where it holds (:func:`convert_instance_tflite`). Returns the quantisation mode."""
+    blob, mode = convert_instance_tflite(job.model, job.quant, job.calibration)
+    Path(path).write_bytes(blob)
+    return mode
+
+
 def match_detections(reference: dict, other: dict, iou_threshold: float = 0.5) -> dict:
     """Greedy matching of two detection sets in the same frame (same class, box IoU).
 
@@ -138,18 +154,23 @@ def match_detections(reference: dict, other: dict, iou_threshold: float = 0.5) -
             "box_ious": box_ious, "mask_ious": mask_ious}
 
 
-def validate_instance_export(keras_model, artifact, instances, size: int, num_images: int) -> dict:
-    """Detections of the artifact against the Keras model's, and the COCO AP of both."""
-    from edgeseg.instances import frame_detections, resize_square
-    from edgeseg.models.maskrcnn.evaluate import evaluate_instances, keras_predictor
+def validate_instance_export(keras_model, artifact, instances, size: int, num_images: int,
+                             normalisation: Mapping | None = None) -> dict:
+    """Detections of the artifact against the Keras model's, and the COCO AP of both.
+
+    Both take the images normalised by ``normalisation`` (default
+    ``edgeseg.artifacts.DEFAULT_NORMALISATION``).
+    """
+    from edgeseg.instances import evaluate_instances, frame_detections, resize_square
+    from edgeseg.models.maskrcnn.evaluate import keras_predictor
     from edgeseg.runtime import load_predictor
     from edgeseg.runtime.instances import detect
 
-    reference = keras_predictor(keras_model)
+    reference = keras_predictor(keras_model, normalisation)
     predictor = load_predictor(artifact)
 
     def exported(image: np.ndarray) -> dict:
-        return detect(predictor, image[None].astype(np.float32) / 255.0)
+        return detect(predictor, normalise(image[None], normalisation))
 
     count = min(num_images, len(instances))
     totals = {"reference": 0, "other": 0, "matched": 0, "box_ious": [], "mask_ious": []}

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -147,33 +146,11 @@ def default_opset(proto) -> int:
     raise ValueError("the model imports no default-domain (ai.onnx) opset")
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Writes ``data`` to ``path`` so that readers see the old file or the new one, never a part.
-
-    The bytes go to a temporary file in the same directory (same file system), are flushed to
-    disk, then replace ``path`` in one ``os.replace``. On any failure the temporary file is
-    removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def save_onnx_atomic(proto, path: str | os.PathLike) -> Path:
-    """Saves an ONNX model to ``path`` atomically (see ``write_bytes_atomic``)."""
-    data = proto.SerializeToString()
-    return write_bytes_atomic(path, data)
+def write_onnx(job, path: str | os.PathLike) -> str:
+    """The formats table's ONNX converter: ``job.model`` as an ONNX file at ``path`` (float32;
+    see ``edgeseg.converters.formats``). Returns the quantisation mode, ``job.quant``."""
+    Path(path).write_bytes(convert_keras_to_onnx(job.model).SerializeToString())
+    return job.quant
 
 
 def preferred_providers(available: Sequence[str] | None = None) -> list[str]:

@@ -27,12 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.converters.onnx_export import (
-    default_opset,
-    iter_nodes,
-    onnx_op_types,
-    write_bytes_atomic,
-)
+from edgeseg.converters.onnx_export import default_opset, iter_nodes, onnx_op_types
+from edgeseg.io import write_bytes_atomic
 
 PRECISIONS = ("fp32", "fp16", "int8")
 LAYOUTS = ("NHWC", "NCHW")
@@ -596,6 +592,30 @@ def build_engine(
             f"the trtexec equivalent is:\n  {command}"
         )
     return write_bytes_atomic(engine_path, bytes(serialized))
+
+
+def write_engine(job, path: str | os.PathLike) -> str:
+    """The formats table's TensorRT converter (see ``edgeseg.converters.formats``).
+
+    The ONNX graph is written beside the engine's destination (``<name>.onnx``), with the
+    ``trtexec`` line that builds the same engine on a device without TensorRT's Python package;
+    then the engine is built at ``path``. ``int8`` calibrates on ``job.calibration`` and writes
+    the table to ``<engine>.calib`` for that trtexec line. Returns ``job.quant``.
+    """
+    from edgeseg.converters.onnx_export import convert_keras_to_onnx
+
+    destination = Path(job.destination or path)
+    onnx_path = write_bytes_atomic(destination.with_suffix(".onnx"),
+                                   convert_keras_to_onnx(job.model).SerializeToString())
+    calibrator = None
+    if job.quant == "int8":
+        cache = default_calibration_cache(destination)
+        # A table left by an earlier export belongs to other weights: TensorRT would reuse it.
+        cache.unlink(missing_ok=True)
+        calibrator = EntropyCalibrator(job.calibration, batch_size=1, cache_path=str(cache))
+    print("for images with only trtexec:\n  " + trtexec_command(onnx_path, destination, job.quant))
+    build_engine(onnx_path, path, job.quant, calibrator)
+    return job.quant
 
 
 def run_engine(engine_path: str | os.PathLike, x: np.ndarray) -> np.ndarray:

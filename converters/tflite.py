@@ -10,6 +10,7 @@ graph that would need Flex (select TF) ops fails to convert here rather than on 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import numpy as np
 
@@ -195,3 +196,31 @@ def non_builtin_ops(model_content: bytes) -> list[str]:
         if name.startswith("Flex") or name == "CUSTOM" or not name.isupper():
             found.add(name)
     return sorted(found)
+
+
+# --- the formats table's entries (edgeseg.converters.formats) ------------------------------------
+
+
+def write_tflite(job, path) -> str:
+    """Converts ``job.model`` (a semantic model) to ``path``; returns the quantisation mode.
+
+    ``qat`` fine-tunes on ``job.train_spec`` first (``edgeseg.converters.qat``); ``int8``
+    calibrates on ``job.calibration``.
+    """
+    if job.quant == "qat":
+        from edgeseg.converters.qat import qat_export_tflite
+
+        blob = qat_export_tflite(job.model, job.train_spec, job.calibration, job.io,
+                                 epochs=job.qat_epochs)
+    else:
+        representative = (lambda: iter(job.calibration)) if job.quant == "int8" else None
+        blob = convert_keras_to_tflite(job.model, job.quant, representative, io_type=job.io)
+    Path(path).write_bytes(blob)
+    return job.quant
+
+
+def require_builtin_ops(path) -> None:
+    """Refuses a written .tflite file whose graph needs Flex or custom operators."""
+    bad = non_builtin_ops(Path(path).read_bytes())
+    if bad:
+        raise RuntimeError(f"the TFLite graph needs non-builtin ops {bad}; refusing to write it")

@@ -3,7 +3,8 @@
 The same edgeseg metadata (architecture, class names, palette, input size, normalisation, output
 kind, quantisation, edgeseg version) is written twice:
 
-* next to the model, as ``<model>.tflite.json`` (``write_sidecar``), for edgeseg's own runtime;
+* next to the model, as ``<model>.tflite.json`` (``edgeseg.artifacts.write_sidecar``, the one
+  sidecar writer), for edgeseg's own runtime;
 * inside the model, in the TFLite metadata format (``embed_metadata``), so that MediaPipe Tasks'
   ``ImageSegmenter`` loads the model as it is: a ``ModelMetadata`` flatbuffer (schema
   ``mediapipe/tasks/metadata/metadata_schema.fbs``, identifier ``M001``) in the model buffer
@@ -22,22 +23,21 @@ from __future__ import annotations
 import datetime
 import io
 import json
-import os
-import tempfile
 import zipfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-SIDECAR_SUFFIX = ".json"
+from edgeseg.artifacts import DEFAULT_NORMALISATION
+from edgeseg.io import to_json
+
 EMBEDDED_JSON_NAME = "edgeseg.json"
 LABELS_FILE_NAME = "labels.txt"
 METADATA_BUFFER_NAME = "TFLITE_METADATA"  # the name the TFLite metadata parsers look for
 OUTPUTS = ("logits", "probs", "mask")
-# edgeseg models take x = image / 255: MediaPipe's NormalizationOptions x = (image - mean) / std.
-DEFAULT_NORMALISATION = {"mean": [0.0, 0.0, 0.0], "std": [255.0, 255.0, 255.0]}
+# edgeseg's normalisation is x = image * scale + offset (DEFAULT_NORMALISATION: x = image / 255);
+# MediaPipe's NormalizationOptions are x = (image - mean) / std: normalisation_mean_std converts.
 
 _MODEL_FILE_IDENTIFIER = b"TFL3"
 _METADATA_FILE_IDENTIFIER = b"M001"
@@ -78,7 +78,8 @@ def build_metadata(
     palette: Sequence[Sequence[int]] | None = None,
     normalisation: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The metadata of one exported model, ready for ``write_sidecar`` and ``embed_metadata``.
+    """The metadata of one exported model, ready for ``edgeseg.artifacts.write_sidecar`` and
+    ``embed_metadata``.
 
     Args:
         model: architecture name, e.g. ``"enet"``.
@@ -88,8 +89,9 @@ def build_metadata(
         quant, io_type: as given to ``convert_keras_to_tflite`` (``io_type`` is recorded as
             ``"io"``, as the exporter's sidecar does).
         palette: one RGB colour per class, for drawing masks.
-        normalisation: ``{"mean": [...], "std": [...]}`` (x = (image - mean) / std) or
-            ``{"scale": s, "offset": o}`` (x = image * s + o); default x = image / 255.
+        normalisation: ``{"scale": s, "offset": o}`` (x = image * s + o) or
+            ``{"mean": [...], "std": [...]}`` (x = (image - mean) / std); default
+            ``edgeseg.artifacts.DEFAULT_NORMALISATION`` (x = image / 255).
     """
     import edgeseg
 
@@ -123,7 +125,7 @@ def normalisation_mean_std(normalisation: dict[str, Any]) -> tuple[list[float], 
         # x = image * scale + offset = (image + offset / scale) * scale
         scale = np.asarray(normalisation["scale"], dtype=np.float64)
         offset = np.asarray(normalisation["offset"], dtype=np.float64)
-        mean, std = -offset / scale, 1.0 / scale
+        mean, std = -offset / scale + 0.0, 1.0 / scale  # + 0.0: no -0.0 in the metadata
     else:
         raise ValueError(
             "normalisation must have 'mean' and 'std' or 'scale' and 'offset'; got keys "
@@ -141,50 +143,8 @@ def normalisation_mean_std(normalisation: dict[str, Any]) -> tuple[list[float], 
     return mean.tolist(), std.tolist()
 
 
-def _json_default(value):
-    if isinstance(value, np.generic | np.ndarray):
-        return value.tolist()
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    raise TypeError(f"metadata value {value!r} of type {type(value).__name__} is not JSON")
-
-
 def _to_json(metadata: dict[str, Any]) -> str:
-    return json.dumps(metadata, indent=2, sort_keys=True, default=_json_default) + "\n"
-
-
-# --- sidecar JSON --------------------------------------------------------------------------------
-
-
-def sidecar_path(tflite_path: str | os.PathLike) -> Path:
-    """``model.tflite`` -> ``model.tflite.json`` (so that model.tflite and model.keras never share one)."""
-    tflite_path = Path(tflite_path)
-    return tflite_path.with_name(tflite_path.name + SIDECAR_SUFFIX)
-
-
-def write_sidecar(tflite_path: str | os.PathLike, metadata: dict[str, Any]) -> Path:
-    """Writes ``metadata`` as JSON next to the model; the file appears whole or not at all."""
-    path = sidecar_path(tflite_path)
-    text = _to_json(metadata)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def read_sidecar(tflite_path: str | os.PathLike) -> dict[str, Any]:
-    """The metadata ``write_sidecar`` wrote next to ``tflite_path``."""
-    path = sidecar_path(tflite_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no metadata sidecar {str(path)!r} next to {str(tflite_path)!r}")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return to_json(metadata) + "\n"
 
 
 # --- TFLite metadata inside the model ------------------------------------------------------------
@@ -222,6 +182,8 @@ def embed_metadata(tflite_bytes: bytes, metadata: dict[str, Any]) -> bytes:
         )
     input_type = _check_segmentation_model(model, len(classes))
     mean, std = normalisation_mean_std(metadata.get("normalisation") or DEFAULT_NORMALISATION)
+    if len(mean) == 1:  # one value for all channels: written per channel of the RGB input
+        mean, std = mean * 3, std * 3
     if input_type == _TFLITE_UINT8:
         _check_uint8_input_quantisation(model, mean, std)
 

@@ -4,23 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from edgeseg import __version__
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """'WxH' -> (width, height)."""
+    """'WxH' -> (width, height), as an argparse type (``edgeseg.io.parse_size``)."""
+    from edgeseg.io import parse_size as parse
+
     try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"size must be WIDTHxHEIGHT such as 480x360, got {text!r}"
-        ) from None
-    if width < 1 or height < 1:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return width, height
+        return parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def parse_options(pairs: list[str]) -> dict:
@@ -37,8 +33,14 @@ def parse_options(pairs: list[str]) -> dict:
     return options
 
 
-def _quiet_tensorflow() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def _quiet_tensorflow(*paths: str | None) -> None:
+    """Starts TensorFlow without its start-up noise (``edgeseg.quiet``); with ``paths``, only
+    when one of them is a .keras model (the .tflite / .onnx runtimes need no TensorFlow)."""
+    if paths and not any(str(p or "").endswith(".keras") for p in paths):
+        return
+    from edgeseg.quiet import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
 
 
 # --- commands -----------------------------------------------------------------------------------
@@ -79,7 +81,11 @@ def cmd_info(args) -> int:
         print(f"output         {out[1]}x{out[0]}" + (f"x{out[2]}" if len(out) > 2 else "")
               + f" ({model.outputs[0].dtype})")
     print(f"parameters     {profile.params:,} ({profile.params / 1e6:.3f}M)")
-    print(f"GMACs          {profile.gmacs:.3f} (convolutions and dense layers, batch 1)")
+    print(f"GMACs          {profile.gmacs:.3f} (multiply-accumulates of the convolutions and "
+          "dense layers, batch 1)")
+    print(f"GFLOPs         {profile.gflops:.3f} (2 per MAC)")
+    print(f"element-wise   {profile.elementwise_ops / 1e9:.3f} G ops (bias adds, batch norm, "
+          "activations, adds, pooling; not in the FLOPs)")
     print(f"fp32 weights   {profile.fp32_megabytes:.2f} MB")
     print(f"int8 weights   {profile.int8_megabytes:.2f} MB")
     return 0
@@ -100,9 +106,8 @@ def cmd_train(args) -> int:
     _quiet_tensorflow()
     from edgeseg.train.trainer import TrainConfig, train
 
-    size = args.size or ((512, 512) if args.model == "mobile_mask_rcnn" else (480, 360))
     config = TrainConfig(
-        model=args.model, data=args.data, out=args.out, size=size, epochs=args.epochs,
+        model=args.model, data=args.data, out=args.out, size=args.size, epochs=args.epochs,
         batch=args.batch, lr=args.lr, weight_decay=args.weight_decay, optimizer=args.optimizer,
         momentum=args.momentum, class_weighting=args.class_weighting,
         weight_map={"on": True, "off": False}.get(args.weight_map),
@@ -114,18 +119,22 @@ def cmd_train(args) -> int:
     )
     record = train(config)
     best = record.get("best") or {}
-    if record.get("model") == "mobile_mask_rcnn":
+    skipped = ", ".join(f"{len(files)} {split}"
+                        for split, files in (record.get("skipped") or {}).items() if files)
+    left_out = f"; left out bad samples (--skip-bad): {skipped}" if skipped else ""
+    if config.task == "instance":
         print(f"done: {len(record['epochs'])} epochs; best val mask AP50 "
-              f"{100 * best.get('mask_AP50', 0):.1f} (mask AP {100 * best.get('mask_AP', 0):.1f}) "
-              f"at epoch {best.get('epoch')}; models and run.json in {args.out}")
+              f"{100 * (best.get('mask_AP50') or 0):.1f} (mask AP "
+              f"{100 * (best.get('mask_AP') or 0):.1f}) at epoch {best.get('epoch')}{left_out}; "
+              f"models and run.json in {args.out}")
         return 0
     print(f"done: {len(record['epochs'])} epochs; best val mIoU {100 * best.get('miou', 0):.1f} "
-          f"at epoch {best.get('epoch')}; models and run.json in {args.out}")
+          f"at epoch {best.get('epoch')}{left_out}; models and run.json in {args.out}")
     return 0
 
 
 def cmd_eval(args) -> int:
-    _quiet_tensorflow()
+    _quiet_tensorflow(args.model)
     from edgeseg.evaluate import evaluate, format_report
 
     result = evaluate(args.model, args.data, split=args.split, limit=args.limit,
@@ -152,7 +161,7 @@ def cmd_export(args) -> int:
     print(f"wrote {report['artifact']} ({report['artifact_bytes'] / 1e6:.2f} MB) in "
           f"{report['convert_seconds']:.0f} s")
     check = report["validation"]
-    if check and "matched" in check:  # Mask R-CNN: detections matched with the Keras model's
+    if check and report["task"] == "instance":  # detections matched with the Keras model's
         iou = (f"box IoU {check['box_iou_mean']:.3f}, mask IoU {check['mask_iou_mean']:.3f} "
                "(mean)" if check["matched"] else "no matches")
         print(f"validation on {check['num_images']} images of {check['data']} "
@@ -178,6 +187,7 @@ def cmd_quickstart(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    _quiet_tensorflow(getattr(args, "model", None))
     from edgeseg.demos.segment_live import run_from_args
 
     return run_from_args(args)
@@ -192,6 +202,7 @@ def cmd_bench(args) -> int:
         raise ValueError("edgeseg bench needs at least one model file (.tflite, .onnx, .keras)")
     if not args.out:
         raise ValueError("edgeseg bench needs --out results.jsonl")
+    _quiet_tensorflow(*args.artifacts)
     sizes = parse_sizes(args.sizes) if args.sizes else DEFAULT_SIZES
     failed = 0
     for row in benchmark(args.artifacts, sizes, threads=args.threads, warmup=args.warmup,
@@ -261,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "coco:PATH, synthetic[:PATH]")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--size", type=parse_size,
-                   help="crop / model WxH (default 480x360; mobile_mask_rcnn: 512x512, square)")
+                   help="crop / model WxH (default: the model's training size, 480x360; "
+                        "instance models 512x512, square)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch", type=int, help="per-device batch (recipe default)")
     p.add_argument("--lr", type=float)
@@ -276,7 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="model option")
     p.add_argument("--init-from", help="a .keras model to start from (transfer learning)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--skip-bad", action="store_true", help="skip and count bad samples")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out and count bad samples (unreadable, wrong size, bad labels) "
+                        "instead of stopping at the first")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mixed-precision", choices=["auto", "on", "off"], default="auto")
     p.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this budget")
@@ -317,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
             f"{f.name} ({f.suffix or 'folder'}): --quant {'/'.join(f.quant)}"
             + (", needs an NVIDIA GPU" if f.needs_gpu else "") for f in EXPORT_FORMATS.values()),
     )
-    p.add_argument("model", help="a .keras file (run.json beside it gives classes, size, data)")
+    p.add_argument("model", help="a .keras file, semantic or instance (run.json beside it gives "
+                                 "classes, size, data)")
     p.add_argument("--format", choices=list(EXPORT_FORMATS), default="tflite")
     p.add_argument("--quant", choices=QUANT_MODES, default="none")
     p.add_argument("--calib", help="data spec for int8 calibration (default: the training data)")
@@ -327,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=parse_size, help="input WxH (default: the training size)")
     p.add_argument("--val-data", help="data spec for validation (default: --calib's)")
     p.add_argument("--num-val", type=int, default=20)
-    p.add_argument("--max-miou-drop", type=float, help="fail if mIoU drops more (points)")
+    p.add_argument("--max-miou-drop", type=float,
+                   help="fail if mIoU (instance models: mask AP) drops more (points)")
     p.add_argument("--qat-epochs", type=int, default=2)
     p.add_argument("--out", help="destination file")
     p.set_defaults(func=cmd_export)

@@ -3,17 +3,18 @@
 ``evaluate("runs/enet/best.keras", "camvid:/data/CamVid", "test")`` reads every image of the
 split, runs the model at its input size, resizes the predicted label map back to the image and
 counts it against the full-resolution label, as the ENet paper's tables do (Paszke et al. 2016,
-Section 5). The scores are those of :mod:`edgeseg.metrics`.
+Section 5). The scores are those of :mod:`edgeseg.metrics`; on Cityscapes they include the
+benchmark's class iIoU, category IoU and category iIoU, and :func:`format_report` prints a
+CamVid model's scores as a row of the ENet paper's CamVid table.
 
 The scoring loop takes any ``predict_fn`` (a callable from a float32 (N, H, W, 3) batch to the
 model's output), so that exported TFLite and ONNX models are scored by the same code as Keras
-ones. Only :func:`load_keras_model` and :func:`evaluate` import Keras; everything else here needs
-NumPy and OpenCV.
+ones. Nothing here imports Keras: a .keras model is loaded by the runtime's predictor, and a
+.tflite or .onnx one is scored with NumPy, OpenCV and its runtime only.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -22,86 +23,30 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgeseg.metrics import ConfusionMatrix
+from edgeseg.artifacts import DEFAULT_NORMALISATION
+from edgeseg.data.camvid import CAMVID_CLASSES
+from edgeseg.data.cityscapes import CityscapesDataset
+from edgeseg.io import write_json_atomic
+from edgeseg.metrics import CityscapesScores, ConfusionMatrix
+from edgeseg.palette import colourise
 
 __all__ = [
-    "DEFAULT_NORMALISATION",
-    "colourise",
+    "CAMVID_TABLE_COLUMNS",
     "evaluate",
     "evaluate_predictor",
+    "format_camvid_row",
+    "format_cityscapes_report",
     "format_report",
-    "load_keras_model",
     "predict_label_map",
     "predict_label_maps",
-    "read_run_metadata",
     "save_visualisation",
-    "write_json_atomic",
 ]
 
-DEFAULT_NORMALISATION = {"scale": 1 / 255, "offset": 0.0}
-"""What the trainer feeds its models: ``image * scale + offset``, i.e. RGB in [0, 1]."""
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
 
 
 # --- models and their metadata ------------------------------------------------------------------
-
-
-def load_keras_model(path: str | os.PathLike, compile: bool = False):
-    """Loads a ``.keras`` model saved by edgeseg (with its optimizer and loss if ``compile``).
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the path does not end in ``.keras`` (exported formats have their own
-            runtimes).
-    """
-    path = Path(path).expanduser()
-    if path.suffix != ".keras":
-        raise ValueError(
-            f"{path} is not a Keras model: expected a file ending in .keras (such as "
-            f"runs/<name>/best.keras), got suffix {path.suffix or '(none)'!r}"
-        )
-    if not path.is_file():
-        what = "is a folder" if path.is_dir() else "does not exist"
-        raise FileNotFoundError(f"Keras model {path} {what}")
-
-    import keras
-
-    # Imported for their side effect: they register the custom layers, initialisers, losses and
-    # metrics that a saved edgeseg model refers to by name.
-    import edgeseg.models.fcn.network
-    import edgeseg.models.layers
-    import edgeseg.models.maskrcnn.network
-    import edgeseg.train.keras_metrics
-    import edgeseg.train.losses  # noqa: F401
-
-    return keras.saving.load_model(path, compile=compile)
-
-
-def read_run_metadata(model_path: str | os.PathLike) -> dict | None:
-    """The metadata written with a model: ``run.json`` beside it, else ``<stem>.json``, else None.
-
-    ``run.json`` is the trainer's record of a run (model name, classes, palette, input size,
-    normalisation); ``<stem>.json`` is a sidecar for a model file copied out of its run folder.
-
-    Raises:
-        ValueError: the metadata file exists but is not a JSON object.
-    """
-    model_path = Path(model_path).expanduser()
-    for candidate in (model_path.with_name("run.json"), model_path.with_suffix(".json")):
-        if not candidate.is_file():
-            continue
-        try:
-            metadata = json.loads(candidate.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"metadata file {candidate} is not valid JSON: {error}") from None
-        if not isinstance(metadata, dict):
-            raise ValueError(
-                f"metadata file {candidate} holds a {type(metadata).__name__}, expected a JSON "
-                "object"
-            )
-        return metadata
-    return None
 
 
 # --- prediction ---------------------------------------------------------------------------------
@@ -220,28 +165,6 @@ def predict_label_map(
 # --- pictures -----------------------------------------------------------------------------------
 
 
-def colourise(
-    label_map: np.ndarray,
-    palette: np.ndarray | Sequence[Sequence[int]],
-    ignore_colour: tuple[int, int, int] = (0, 0, 0),
-) -> np.ndarray:
-    """An RGB picture (H, W, 3) uint8 of a label map: class i in ``palette[i]``.
-
-    Pixels whose value has no palette entry (the ignore value 255 among them) get
-    ``ignore_colour``.
-    """
-    palette = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
-    if len(palette) > 256:
-        raise ValueError(f"a uint8 label map has at most 256 values; got {len(palette)} colours")
-    label_map = np.asarray(label_map)
-    if label_map.dtype != np.uint8:
-        raise ValueError(f"label_map must be uint8 class ids, got dtype {label_map.dtype}")
-    lookup = np.empty((256, 3), dtype=np.uint8)
-    lookup[:] = np.asarray(ignore_colour, dtype=np.uint8)
-    lookup[: len(palette)] = palette
-    return lookup[label_map]
-
-
 def save_visualisation(
     path: str | os.PathLike,
     image: np.ndarray,
@@ -302,7 +225,12 @@ def evaluate_predictor(
 
     Returns:
         The scores of :meth:`edgeseg.metrics.ConfusionMatrix.result` (NaN where a class is
-        absent), ``num_images`` and ``classes``.
+        absent), ``num_images`` and ``classes``. On Cityscapes (a
+        :class:`~edgeseg.data.cityscapes.CityscapesDataset`) also the benchmark's
+        ``class_iou``, ``class_iiou``, ``category_iou``, ``category_iiou``, ``per_class_iiou``,
+        ``per_category_iou`` and ``per_category_iiou`` (see
+        :class:`edgeseg.metrics.CityscapesScores`); when an image has no
+        ``*_instanceIds.png`` the iIoUs are NaN and ``cityscapes_note`` says why.
     """
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive whole number or None, got {limit!r}")
@@ -313,36 +241,34 @@ def evaluate_predictor(
         raise ValueError(f"{dataset!r} has no images to evaluate")
     vis_dir = Path(save_vis) if save_vis is not None else None
     confusion = ConfusionMatrix(dataset.num_classes, ignore_index=dataset.ignore_index)
+    cityscapes = CityscapesScores() if isinstance(dataset, CityscapesDataset) else None
+    missing_instances = [
+        index for index in range(count)
+        if cityscapes is not None and not dataset.instance_ids_path(index).is_file()
+    ]
     for indices in _batches(count, batch_size):
         samples = [dataset[i] for i in indices]
         preds = predict_label_maps(predict_fn, [s[0] for s in samples], input_size, normalisation)
         for index, (image, label), pred in zip(indices, samples, preds, strict=True):
             confusion.update(label, pred)
+            if cityscapes is not None:
+                instance_ids = None if missing_instances else dataset.read_instance_ids(index)
+                cityscapes.update(label, pred, instance_ids)
             if vis_dir is not None:
                 stem = dataset.sample_paths(index)[0].stem
                 save_visualisation(vis_dir / f"{stem}.png", image, label, pred, dataset.palette)
-    return {**confusion.result(), "num_images": count, "classes": list(dataset.classes)}
-
-
-def _static_input_size(model) -> tuple[int, int] | None:
-    shape = model.input_shape
-    if isinstance(shape, list):
-        raise ValueError(f"expected a model with one image input, got inputs of shapes {shape}")
-    height, width = shape[1:3]
-    return (int(width), int(height)) if height and width else None
-
-
-def _model_num_classes(model, metadata: dict | None) -> int | None:
-    shape = model.output_shape
-    if isinstance(shape, list):
-        raise ValueError(
-            f"expected a semantic segmentation model with one output, got outputs {shape}"
-        )
-    if len(shape) == 4:
-        return int(shape[-1])
-    if metadata and metadata.get("classes"):
-        return len(metadata["classes"])
-    return None  # a mask output without metadata: confusion_matrix checks the predicted ids
+    result = {**confusion.result(), "num_images": count, "classes": list(dataset.classes)}
+    if cityscapes is not None:
+        scores = cityscapes.result()
+        del scores["per_class_iou"]  # the list above holds the same numbers
+        result.update(scores)
+        if missing_instances:
+            first = dataset.display_path(dataset.instance_ids_path(missing_instances[0]))
+            result["cityscapes_note"] = (
+                f"no class or category iIoU: {len(missing_instances)} of {count} images have no "
+                f"*_instanceIds.png (the first: {first})"
+            )
+    return result
 
 
 def evaluate(
@@ -374,8 +300,11 @@ def evaluate(
         ``miou``, ``per_class_iou``, ``class_avg_acc``, ``per_class_acc``, ``global_acc``,
         ``num_pixels``, ``confusion``, ``classes``, ``num_images``, ``model`` (the file),
         ``architecture`` (the run's model name, else the Keras model's), ``data``, ``split``,
-        ``input_size`` ([width, height] or None) and ``normalisation``. Scores are fractions;
-        a class absent from both labels and predictions has NaN IoU.
+        ``input_size`` ([width, height] or None) and ``normalisation``. On ``cityscapes:``
+        data also the benchmark's ``class_iou``, ``class_iiou``, ``category_iou``,
+        ``category_iiou`` and their ``per_class_iiou``, ``per_category_iou`` and
+        ``per_category_iiou`` (see :func:`evaluate_predictor`). Scores are fractions; a class
+        absent from both labels and predictions has NaN IoU.
 
     Raises:
         FileNotFoundError, ValueError: no model file, or one whose class count differs from
@@ -388,9 +317,7 @@ def evaluate(
     model_path = Path(model_path).expanduser()
     predictor = load_predictor(model_path)
     metadata = predictor.metadata
-    from edgeseg.runtime.instances import is_instance_model
-
-    if is_instance_model(predictor):
+    if predictor.task == "instance":
         result = evaluate_instance_model(predictor, data_spec, split, limit)
         result["model"] = str(model_path)
         if json_path is not None:
@@ -398,10 +325,7 @@ def evaluate(
         return result
     dataset = open_dataset(data_spec, split)
 
-    if predictor.format == "keras":
-        num_classes = _model_num_classes(predictor.model, metadata)
-    else:
-        num_classes = len(metadata["classes"]) if metadata.get("classes") else None
+    num_classes = len(predictor.classes) if predictor.classes else None
     if num_classes is not None and num_classes != dataset.num_classes:
         raise ValueError(
             f"model {model_path} predicts {num_classes} classes but dataset {data_spec!r} "
@@ -409,7 +333,7 @@ def evaluate(
             "evaluate a model trained on this dataset's classes"
         )
     input_size = predictor.input_size or _check_size(metadata.get("size"), "run size")
-    normalisation = metadata.get("normalisation") or DEFAULT_NORMALISATION
+    normalisation = predictor.normalisation
 
     scores = evaluate_predictor(
         predictor,
@@ -423,7 +347,7 @@ def evaluate(
     result = {
         **scores,
         "model": str(model_path),
-        "architecture": metadata.get("model", getattr(getattr(predictor, "model", None), "name", None)),
+        "architecture": predictor.artifact.family,
         "format": predictor.format,
         "data": data_spec,
         "split": split,
@@ -441,23 +365,24 @@ def evaluate_instance_model(predictor, data_spec: str, split: str = "val",
 
     The data spec must have instance annotations (``coco:PATH`` or the synthetic scenes).
     """
-    from edgeseg.models.maskrcnn.dataset import open_instances
-    from edgeseg.models.maskrcnn.evaluate import evaluate_instances
+    from edgeseg.data import open_instances
+    from edgeseg.instances import evaluate_instances
     from edgeseg.runtime.instances import detect
 
     instances = open_instances(data_spec, split)
     classes = predictor.metadata.get("classes")
-    if classes is not None and list(classes) != list(instances.classes):
+    if classes and list(classes) != list(instances.classes):
         raise ValueError(
             f"model {predictor.path} detects {', '.join(classes[1:])} but dataset {data_spec!r} "
             f"({split}) has {', '.join(instances.classes[1:])}; evaluate a model trained on "
             "this dataset's classes"
         )
     width, height = predictor.input_size or tuple(predictor.metadata["size"])
+    scale, offset = _normalisation(predictor.normalisation)
     scores = evaluate_instances(
-        lambda image: detect(predictor, image[None].astype(np.float32) / 255.0),
+        lambda image: detect(predictor, image[None].astype(np.float32) * scale + offset),
         instances, int(height), limit=limit)
-    return {**scores, "task": "instance", "architecture": predictor.metadata.get("model"),
+    return {**scores, "task": "instance", "architecture": predictor.artifact.family,
             "format": predictor.format, "data": data_spec, "split": split,
             "input_size": [int(width), int(height)], "classes": list(instances.classes)}
 
@@ -475,33 +400,116 @@ def format_instance_report(result: Mapping) -> str:
 # --- output -------------------------------------------------------------------------------------
 
 
-def _json_ready(value):
-    # JSON has no NaN: an absent class's score is written as null.
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _json_ready(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(item) for item in value]
-    return value
+# The ENet paper's figures (Paszke et al. 2016, arXiv 1606.02147), as shared/ANCHORS.md records
+# them: the Cityscapes benchmark's four scores on its test set, and the class average accuracy
+# and class IoU of the CamVid table (its per-class accuracies are not recorded there).
+ENET_CITYSCAPES_SCORES = {
+    "class_iou": 0.583, "class_iiou": 0.344, "category_iou": 0.804, "category_iiou": 0.640,
+}
+CAMVID_PAPER_ROWS = (("SegNet (paper)", 0.652, 0.556), ("ENet (paper)", 0.683, 0.513))
+
+# The columns of the ENet paper's CamVid table, each with the edgeseg class it shows.
+CAMVID_TABLE_COLUMNS = (
+    ("Building", "Building"),
+    ("Tree", "Tree"),
+    ("Sky", "Sky"),
+    ("Car", "Car"),
+    ("Sign", "SignSymbol"),
+    ("Road", "Road"),
+    ("Pedestrian", "Pedestrian"),
+    ("Fence", "Fence"),
+    ("Pole", "Pole"),
+    ("Sidewalk", "Pavement"),
+    ("Bicyclist", "Bicyclist"),
+)
+
+_CITYSCAPES_SCORES = (
+    ("class_iou", "class IoU"),
+    ("class_iiou", "class iIoU"),
+    ("category_iou", "category IoU"),
+    ("category_iiou", "category iIoU"),
+)
 
 
-def write_json_atomic(path: str | os.PathLike, data: dict) -> Path:
-    """Writes ``data`` as JSON through a temporary file and a rename, so that a reader never
-    sees half a file; NaN is written as null."""
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(_json_ready(data), indent=2, allow_nan=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+def _percent(value) -> str:
+    """A fraction as a percentage with one decimal; ``-`` for NaN or None (JSON's NaN)."""
+    return "-" if value is None or math.isnan(value) else f"{100.0 * value:.1f}"
+
+
+def _table(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Rows of cells as lines: the first column left-aligned, the others right-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join([row[0].ljust(widths[0]),
+                   *(cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True))])
+        .rstrip()
+        for row in rows
+    ]
+
+
+def _run_name(result: Mapping) -> str:
+    architecture = result.get("architecture")
+    return f"{architecture} (this run)" if architecture else "this run"
+
+
+def format_cityscapes_report(result: Mapping) -> str:
+    """The Cityscapes benchmark's four scores beside ENet's, then IoU and iIoU per category.
+
+    Args:
+        result: what :func:`evaluate` returns on ``cityscapes:`` data (or its JSON).
+    """
+    paper = ENET_CITYSCAPES_SCORES
+    lines = ["Cityscapes benchmark (the scores of cityscapesScripts' evaluation)"]
+    lines += _table([
+        ("", *(title for _, title in _CITYSCAPES_SCORES)),
+        (_run_name(result), *(_percent(result[key]) for key, _ in _CITYSCAPES_SCORES)),
+        ("ENet (paper, test set)", *(_percent(paper[key]) for key, _ in _CITYSCAPES_SCORES)),
+    ])
+    if result.get("cityscapes_note"):
+        lines.append(result["cityscapes_note"])
+    iiou = result.get("per_category_iiou") or {}
+    lines.append("")
+    lines += _table([
+        ("category", "IoU", "iIoU"),
+        *((name, _percent(iou), _percent(iiou[name]) if name in iiou else "")
+          for name, iou in result["per_category_iou"].items()),
+    ])
+    return "\n".join(lines)
+
+
+def format_camvid_row(result: Mapping) -> str:
+    """This run as a row of the ENet paper's CamVid table, with the paper's rows below it.
+
+    The columns are the per-class accuracies of the 11 classes in the paper's order, the class
+    average accuracy and the class IoU (mIoU), in percent.
+
+    Args:
+        result: the scores of a model of the 11 CamVid classes (:data:`CAMVID_CLASSES`).
+    """
+    classes = list(result["classes"])
+    accuracy = dict(zip(classes, result["per_class_acc"], strict=True))
+    header = ("CamVid", *(title for title, _ in CAMVID_TABLE_COLUMNS), "Class avg.", "Class IoU")
+    rows = [
+        header,
+        (_run_name(result), *(_percent(accuracy[name]) for _, name in CAMVID_TABLE_COLUMNS),
+         _percent(result["class_avg_acc"]), _percent(result["miou"])),
+    ]
+    rows += [
+        (name, *("-" for _ in CAMVID_TABLE_COLUMNS), _percent(avg), _percent(iou))
+        for name, avg, iou in CAMVID_PAPER_ROWS
+    ]
+    return "\n".join(
+        ["As the ENet paper's CamVid table: per-class accuracy, class average, class IoU",
+         *_table(rows)]
+    )
 
 
 def format_report(result: Mapping, class_names: Sequence[str] | None = None) -> str:
     """A text table of per-class IoU and accuracy, then mIoU, class average and global accuracy.
+
+    On Cityscapes the table has the class iIoU too and is followed by the benchmark's four
+    scores (:func:`format_cityscapes_report`); a model of the 11 CamVid classes is followed by
+    its row of the ENet paper's CamVid table (:func:`format_camvid_row`).
 
     Args:
         result: what :func:`evaluate` returns (or reads back from its JSON, with null for NaN).
@@ -517,9 +525,8 @@ def format_report(result: Mapping, class_names: Sequence[str] | None = None) -> 
             f"got {len(class_names)} class names for {len(result['per_class_iou'])} classes"
         )
 
-    def percent(value) -> str:
-        return "-" if value is None or math.isnan(value) else f"{100.0 * value:.1f}"
-
+    percent = _percent
+    iiou = result.get("per_class_iiou")
     rows = [
         (name, percent(iou), percent(acc))
         for name, iou, acc in zip(
@@ -527,14 +534,28 @@ def format_report(result: Mapping, class_names: Sequence[str] | None = None) -> 
         )
     ]
     width = max(len("class"), *(len(name) for name in class_names))
-    lines = [f"{'class':<{width}}  {'IoU':>6}  {'acc':>6}", "-" * (width + 16)]
-    lines += [f"{name:<{width}}  {iou:>6}  {acc:>6}" for name, iou, acc in rows]
+    if iiou is None:
+        lines = [f"{'class':<{width}}  {'IoU':>6}  {'acc':>6}", "-" * (width + 16)]
+        lines += [f"{name:<{width}}  {iou:>6}  {acc:>6}" for name, iou, acc in rows]
+        rule = "-" * (width + 16)
+    else:
+        lines = [f"{'class':<{width}}  {'IoU':>6}  {'iIoU':>6}  {'acc':>6}", "-" * (width + 24)]
+        lines += [
+            f"{name:<{width}}  {iou:>6}  {percent(iiou[name]) if name in iiou else '':>6}  "
+            f"{acc:>6}"
+            for name, iou, acc in rows
+        ]
+        rule = "-" * (width + 24)
     lines += [
-        "-" * (width + 16),
+        rule,
         f"mIoU             {percent(result['miou'])}",
         f"class avg acc    {percent(result['class_avg_acc'])}",
         f"global acc       {percent(result['global_acc'])}",
     ]
     if "num_images" in result:
         lines.append(f"images           {result['num_images']}")
+    if "class_iiou" in result:
+        lines += ["", format_cityscapes_report(result)]
+    if class_names == list(CAMVID_CLASSES):
+        lines += ["", format_camvid_row({**result, "classes": class_names})]
     return "\n".join(lines)

@@ -24,18 +24,47 @@ import cv2
 import numpy as np
 
 __all__ = [
+    "DETECTION_KEYS",
     "coco_category_ids",
     "coco_instance_eval",
     "detections_to_coco",
+    "evaluate_instances",
     "instances_to_panoptic",
+    "detection_roles",
     "paste_masks",
     "pixel_boxes",
 ]
+
+DETECTION_KEYS = ("boxes", "classes", "scores", "masks", "count")
+"""The five outputs of an instance model: boxes (1, D, 4) float, classes (1, D) int, scores
+(1, D) float, masks (1, D, h, w) float and count (1,) int."""
 
 PASTE_MODES = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
 # COCOeval.stats indices of AP, AP50 and AP75 (IoU 0.5:0.95, 0.5, 0.75; all areas; 100 dets).
 _STATS = {"AP": 0, "AP50": 1, "AP75": 2}
 _IOU_TYPES = {"box": "bbox", "mask": "segm"}
+
+
+def _detection_role(shape: Sequence, is_float: bool) -> str | None:
+    """Which detection output a tensor of this shape and type is (None: none of them)."""
+    rank = len(shape)
+    if rank == 4 and is_float:
+        return "masks"
+    if rank == 3 and shape[-1] == 4 and is_float:
+        return "boxes"
+    if rank == 2:
+        return "scores" if is_float else "classes"
+    if rank == 1 and not is_float:
+        return "count"
+    return None
+
+
+def detection_roles(specs: Sequence[tuple[Sequence, bool]]) -> list[str] | None:
+    """The role of each output given as (shape, is_float), or None unless the outputs are
+    exactly the five :data:`DETECTION_KEYS`: what makes a model an instance model, whatever
+    its outputs are called (a .tflite file's names are the converter's)."""
+    roles = [_detection_role(shape, is_float) for shape, is_float in specs]
+    return roles if sorted(map(str, roles)) == sorted(DETECTION_KEYS) else None
 
 
 def _mask_api():
@@ -430,3 +459,41 @@ def frame_detections(outputs: dict, input_size: int, scale: float, window: tuple
             masks[i] = cv2.resize(inside, (width, height), interpolation=cv2.INTER_NEAREST) > 0
     return {"boxes": frame_boxes(boxes, scale, input_size, frame_size), "classes": classes,
             "scores": scores, "masks": masks}
+
+
+def evaluate_instances(predict, instances, input_size: int,
+                       limit: int | None = None, mode: str = "bilinear") -> dict:
+    """COCO box / mask AP, AP50, AP75 of ``predict`` on (the first ``limit``) images.
+
+    ``predict`` takes a (S, S, 3) uint8 model input and returns the detection dict of
+    ``build_mobile_mask_rcnn`` (NumPy arrays, batch 1): the Keras model, its TFLite or ONNX
+    export; ``instances`` is an ``edgeseg.data.CocoInstances``. Detections are mapped back to
+    each frame and scored by pycocotools against the dataset's own annotations.
+
+    Returns:
+        ``{"box_AP", "box_AP50", "box_AP75", "mask_AP", "mask_AP50", "mask_AP75",
+        "num_images", "num_detections"}``.
+    """
+    gt = json.loads(instances.index.annotation_file.read_text())
+    categories = coco_category_ids(gt)
+    count = len(instances) if limit is None else min(limit, len(instances))
+    results, image_ids = [], []
+    for i in range(count):
+        sample = instances[i]
+        frame = sample["image"]
+        image, scale, window = resize_square(frame, input_size)
+        found = frame_detections(predict(image), input_size, scale, window, frame.shape[:2],
+                                 mode=mode)
+        image_ids.append(int(sample["image_id"]))
+        for box, class_id, score, mask in zip(found["boxes"], found["classes"], found["scores"],
+                                              found["masks"], strict=True):
+            x0, y0, x1, y1 = (float(v) for v in box)
+            results.append({"image_id": int(sample["image_id"]),
+                            "category_id": int(categories[class_id - 1]),
+                            "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score),
+                            "segmentation": encode_mask(mask)})
+    gt["images"] = [im for im in gt["images"] if int(im["id"]) in set(image_ids)]
+    gt["annotations"] = [a for a in gt["annotations"] if int(a["image_id"]) in set(image_ids)]
+    scores = coco_instance_eval(gt, results)
+    return {**{k: float(v) for k, v in scores.items()}, "num_images": count,
+            "num_detections": len(results)}

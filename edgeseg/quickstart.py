@@ -54,7 +54,7 @@ def quickstart(out: str = "runs/quickstart", train_minutes: float = 3.0, seed: i
     """Runs every step; returns the summary (also written to OUT/summary.json)."""
     from edgeseg.converters.export import ExportRequest, export
     from edgeseg.data import write_synthetic
-    from edgeseg.evaluate import write_json_atomic
+    from edgeseg.io import write_json_atomic
     from edgeseg.train.trainer import TrainConfig, train
 
     out_dir = Path(out)
@@ -74,7 +74,7 @@ def quickstart(out: str = "runs/quickstart", train_minutes: float = 3.0, seed: i
         record = train(TrainConfig(
             model="enet", data=spec, out=str(run_dir), size=(240, 180), epochs=100, batch=8,
             lr=5e-3, steps_per_epoch=15, max_minutes=train_minutes, seed=seed,
-            resume=True, verbose=0,
+            resume="auto", verbose=0,  # a second quickstart continues the first's run
         ))
         best = record["best"]
         step.update({

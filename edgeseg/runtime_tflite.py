@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 
 
-def _interpreter_class():
+def interpreter_class():
+    """LiteRT's ``Interpreter`` class (ai-edge-litert, else tflite-runtime)."""
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
@@ -29,12 +30,12 @@ def load_interpreter(
     num_threads: int | None = None,
 ):
     """A LiteRT interpreter with its tensors allocated, from a file or from bytes."""
-    interpreter_class = _interpreter_class()
+    interpreter_class_ = interpreter_class()
     if model_path is not None:
         model_path = os.fspath(model_path)
         if not os.path.isfile(model_path):
             raise FileNotFoundError(f"TFLite model {model_path!r} does not exist")
-    interpreter = interpreter_class(
+    interpreter = interpreter_class_(
         model_path=model_path, model_content=model_content, num_threads=num_threads
     )
     interpreter.allocate_tensors()

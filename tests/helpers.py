@@ -41,9 +41,9 @@ sys.meta_path.insert(0, Block())
 def graph_ops(blob: bytes) -> list[dict]:
     """The operators of a TFLite flatbuffer as written (before any delegate takes a subgraph):
     ``{"op", "inputs", "outputs"}``, the tensors as ``(name, dtype name, shape)``."""
-    from edgeseg.runtime_tflite import _interpreter_class
+    from edgeseg.runtime_tflite import interpreter_class
 
-    interpreter = _interpreter_class()(model_content=blob)
+    interpreter = interpreter_class()(model_content=blob)
     tensors = {t["index"]: (t["name"], np.dtype(t["dtype"]).name, tuple(t["shape"]))
                for t in interpreter.get_tensor_details()}
     return [{"op": op["op_name"], "inputs": [tensors[i] for i in op["inputs"] if i >= 0],

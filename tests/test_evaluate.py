@@ -10,19 +10,18 @@ import cv2
 import numpy as np
 import pytest
 
+from edgeseg.cli import main
 from edgeseg.data import open_dataset, write_synthetic
 from edgeseg.evaluate import (
-    colourise,
     evaluate,
     evaluate_predictor,
     format_report,
-    load_keras_model,
     predict_label_map,
-    read_run_metadata,
     save_visualisation,
-    write_json_atomic,
 )
+from edgeseg.io import write_json_atomic
 from edgeseg.metrics import ConfusionMatrix
+from edgeseg.models.loading import load_keras_model
 
 WIDTH, HEIGHT = 48, 32
 IGNORE = 255
@@ -153,26 +152,6 @@ def test_class_count_mismatch_names_both_counts(tmp_path, data_dir):
         evaluate(tmp_path / "three.keras", f"synthetic:{data_dir}", "val")
 
 
-def test_missing_or_wrong_model_file_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nowhere.keras does not exist"):
-        load_keras_model(tmp_path / "nowhere.keras")
-    (tmp_path / "model.tflite").write_bytes(b"")
-    with pytest.raises(ValueError, match=r"expected a file ending in \.keras.*'\.tflite'"):
-        load_keras_model(tmp_path / "model.tflite")
-
-
-def test_read_run_metadata_prefers_run_json_then_the_sidecar(tmp_path):
-    model_path = tmp_path / "best.keras"
-    assert read_run_metadata(model_path) is None
-    (tmp_path / "best.json").write_text(json.dumps({"model": "sidecar"}))
-    assert read_run_metadata(model_path) == {"model": "sidecar"}
-    (tmp_path / "run.json").write_text(json.dumps({"model": "run"}))
-    assert read_run_metadata(model_path) == {"model": "run"}
-    (tmp_path / "run.json").write_text("{not json")
-    with pytest.raises(ValueError, match="run.json is not valid JSON"):
-        read_run_metadata(model_path)
-
-
 # --- predict_label_map --------------------------------------------------------------------------
 
 
@@ -253,17 +232,6 @@ def test_evaluate_predictor_batches_and_limits(val_set):
 # --- pictures and reports -----------------------------------------------------------------------
 
 
-def test_colourise_looks_up_the_palette_and_blacks_out_ignored_pixels():
-    palette = np.array([[10, 20, 30], [40, 50, 60], [70, 80, 90]], dtype=np.uint8)
-    label = np.array([[0, 1, 2], [IGNORE, 2, 0]], dtype=np.uint8)
-    picture = colourise(label, palette, ignore_colour=(1, 2, 3))
-    assert picture.dtype == np.uint8 and picture.shape == (2, 3, 3)
-    for (y, x), value in np.ndenumerate(label):
-        expected = (1, 2, 3) if value == IGNORE else tuple(palette[value])
-        assert tuple(picture[y, x]) == expected
-    assert tuple(colourise(label, palette)[1, 0]) == (0, 0, 0)
-
-
 def test_save_visualisation_puts_three_panels_side_by_side(tmp_path, val_set):
     image, label = val_set[0]
     pred = np.where(label == IGNORE, 0, label).astype(np.uint8)
@@ -306,3 +274,128 @@ def test_format_report_reads_results_written_as_json(tmp_path):
     path = write_json_atomic(tmp_path / "r.json", result)
     report = format_report(json.loads(path.read_text()))
     assert report.splitlines()[2].split() == ["a", "-", "-"]
+
+
+# --- the ENet paper's CamVid row ----------------------------------------------------------------
+
+# The columns of the ENet paper's CamVid table and the edgeseg class each one is.
+PAPER_CAMVID_COLUMNS = {
+    "Building": "Building", "Tree": "Tree", "Sky": "Sky", "Car": "Car", "Sign": "SignSymbol",
+    "Road": "Road", "Pedestrian": "Pedestrian", "Fence": "Fence", "Pole": "Pole",
+    "Sidewalk": "Pavement", "Bicyclist": "Bicyclist",
+}
+
+
+def write_tiny_camvid(root, count=3, size=(48, 32), seed=0):
+    """The SegNet CamVid layout's test split: blocks of the 11 classes and of void (11)."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    for i in range(count):
+        mask = np.repeat(np.repeat(rng.integers(0, 12, (height // 8, width // 8)), 8, 0), 8, 1)
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        for folder, picture in (("test", image), ("testannot", mask.astype(np.uint8))):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            assert cv2.imwrite(str(root / folder / f"0001TP_{i:06d}.png"), picture)
+
+
+def test_eval_on_camvid_prints_the_enet_papers_table_row(tmp_path, capsys):
+    keras = pytest.importorskip("keras")
+    from edgeseg.data import CAMVID_CLASSES
+    from edgeseg.models import build
+
+    root = tmp_path / "CamVid"
+    write_tiny_camvid(root)
+    keras.utils.set_random_seed(1)
+    model = build("unet", 11, (HEIGHT, WIDTH, 3), filters=4, depth=2)
+    classifier = model.get_layer("classifier")
+    kernel, bias = classifier.get_weights()
+    classifier.set_weights([kernel * 20, np.random.default_rng(1).normal(0, 0.05, bias.shape)
+                            .astype(bias.dtype)])
+    model.save(tmp_path / "best.keras")
+    (tmp_path / "run.json").write_text(json.dumps({
+        "model": "unet", "classes": list(CAMVID_CLASSES), "size": [WIDTH, HEIGHT],
+        "normalisation": {"scale": 1 / 255, "offset": 0.0},
+    }))
+
+    assert main(["eval", str(tmp_path / "best.keras"), "--data", f"camvid:{root}",
+                 "--split", "test"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+
+    # The reference: per-class accuracy (recall) from the definition, on the model's outputs.
+    test_set = open_dataset(f"camvid:{root}", "test")
+    images = np.stack([image for image, _ in test_set])
+    labels = np.stack([label for _, label in test_set])
+    preds = load_keras_model(tmp_path / "best.keras")(images / np.float32(255), training=False)
+    preds = np.asarray(preds).argmax(-1)
+    assert len(np.unique(preds)) > 2, "the test model should predict several classes"
+    accuracy = {}
+    for index, name in enumerate(CAMVID_CLASSES):
+        truth = labels == index
+        accuracy[name] = np.sum(truth & (preds == index)) / np.sum(truth)
+    expected = numpy_scores(labels, preds, 11)
+
+    header = next(i for i, line in enumerate(lines) if line.startswith("CamVid "))
+    assert lines[header].split()[1:] == [
+        "Building", "Tree", "Sky", "Car", "Sign", "Road", "Pedestrian", "Fence", "Pole",
+        "Sidewalk", "Bicyclist", "Class", "avg.", "Class", "IoU"]
+    row = lines[header + 1]
+    assert row.startswith("unet (this run)")
+    assert row.split()[3:] == [
+        *(f"{100 * accuracy[PAPER_CAMVID_COLUMNS[title]]:.1f}" for title in PAPER_CAMVID_COLUMNS),
+        f"{100 * expected['class_avg_acc']:.1f}", f"{100 * expected['miou']:.1f}"]
+    assert lines[header + 2].split()[-2:] == ["65.2", "55.6"]  # SegNet, ENet: the paper's
+    assert lines[header + 3].split()[-2:] == ["68.3", "51.3"]
+    assert lines[header + 3].startswith("ENet (paper)")
+
+
+# --- instance models without TensorFlow ---------------------------------------------------------
+
+
+def write_tiny_coco(root, names, count=3, size=(80, 50)):
+    """A COCO-layout val split: ``count`` images with one square object each, of category 1."""
+    (root / "annotations").mkdir(parents=True)
+    (root / "val").mkdir()
+    images, annotations = [], []
+    width, height = size
+    for i in range(count):
+        image = np.full((height, width, 3), 40, np.uint8)
+        x, y = 10 + 5 * i, 8 + 3 * i
+        image[y : y + 20, x : x + 20] = (220, 60, 30)
+        cv2.imwrite(str(root / "val" / f"{i}.png"), image)
+        images.append({"id": i + 1, "file_name": f"{i}.png", "width": width, "height": height})
+        polygon = [x, y, x + 20, y, x + 20, y + 20, x, y + 20]
+        annotations.append({"id": i + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0,
+                            "segmentation": [polygon], "area": 400.0, "bbox": [x, y, 20, 20]})
+    categories = [{"id": k + 1, "name": name} for k, name in enumerate(names)]
+    (root / "annotations" / "instances_val.json").write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+
+
+@pytest.mark.slow
+def test_eval_of_an_instance_tflite_runs_with_tensorflow_and_keras_blocked(tmp_path_factory,
+                                                                            tmp_path):
+    pytest.importorskip("pycocotools")
+    import subprocess
+    import sys
+
+    from tests.helpers import BLOCK_TENSORFLOW
+    from tests.runtime.test_instances_runtime import CLASSES, mask_rcnn_files
+
+    model = mask_rcnn_files(tmp_path_factory)["tflite"]
+    write_tiny_coco(tmp_path / "coco", CLASSES[1:])
+    script = BLOCK_TENSORFLOW + """
+from edgeseg.cli import main
+code = main(sys.argv[1:])
+print(json.dumps({"code": code, "imported": [m for m in ("tensorflow", "keras", "jax")
+                                             if m in sys.modules]}))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script, "eval", str(model), "--data", f"coco:{tmp_path / 'coco'}",
+         "--json", str(tmp_path / "eval.json")],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"code": 0, "imported": []}
+    assert "mask" in result.stdout and "box" in result.stdout
+    written = json.loads((tmp_path / "eval.json").read_text())
+    assert written["task"] == "instance" and written["num_images"] == 3
+    assert written["format"] == "tflite" and 0.0 <= written["mask_AP"] <= 1.0

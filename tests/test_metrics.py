@@ -9,7 +9,13 @@ import sys
 import numpy as np
 import pytest
 
-from edgeseg.metrics import ConfusionMatrix, confusion_matrix, scores_from_confusion
+from edgeseg.data.cityscapes import CITYSCAPES_CLASSES
+from edgeseg.metrics import (
+    CityscapesScores,
+    ConfusionMatrix,
+    confusion_matrix,
+    scores_from_confusion,
+)
 
 IGNORE = 255
 K = 5
@@ -161,7 +167,7 @@ def logits_for(rng, preds, num_classes=K):
 
 
 def test_keras_metric_equals_numpy_over_batches():
-    from edgeseg.metrics import MeanIoUMetric
+    from edgeseg.train.keras_metrics import MeanIoUMetric
 
     rng = np.random.default_rng(3)
     metric = MeanIoUMetric(num_classes=K)
@@ -248,3 +254,151 @@ def test_keras_metric_on_jax_backend(tmp_path):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["backend"] == "jax"
     assert result["miou"] == pytest.approx(reference.result()["miou"], rel=1e-6)
+
+
+# --- the Cityscapes benchmark's scores, from their definitions ----------------------------------
+
+# labelId of each trainId, and the category of each trainId (cityscapesScripts helpers/labels.py).
+CS_LABEL_IDS = [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33]
+CS_CATEGORY = ["flat"] * 2 + ["construction"] * 3 + ["object"] * 3 + ["nature"] * 2 + ["sky"] \
+    + ["human"] * 2 + ["vehicle"] * 6
+
+
+def cityscapes_scene(rng, height=24, width=40):
+    """trainId labels (255 void) and instanceIds of one image, drawn as rectangles."""
+    labels = rng.integers(0, 11, (height, width))  # stuff classes
+    labels[rng.random((height, width)) < 0.1] = IGNORE
+    instance_ids = np.array(CS_LABEL_IDS + [0] * 237)[labels]  # void stored as 0
+    for k, train in enumerate(rng.integers(11, 20, 10)):  # 19: a caravan, not scored
+        h, w = rng.integers(1, 12, 2)
+        y, x = rng.integers(0, height - h + 1), rng.integers(0, width - w + 1)
+        label_id = 29 if train == 19 else CS_LABEL_IDS[train]
+        labels[y:y + h, x:x + w] = IGNORE if train == 19 else train
+        instance_ids[y:y + h, x:x + w] = label_id * 1000 + k
+    preds = np.where(rng.random(labels.shape) < 0.6, np.where(labels == IGNORE, 0, labels),
+                     rng.integers(0, 19, labels.shape))
+    return labels, preds, instance_ids
+
+
+def cityscapes_reference(images):
+    """The four scores by boolean masks and a loop over instances, from the definitions."""
+    from edgeseg.metrics import CITYSCAPES_AVERAGE_INSTANCE_SIZE as average_size
+
+    names = list(CITYSCAPES_CLASSES)
+    labels = np.concatenate([im[0].ravel() for im in images])
+    preds = np.concatenate([im[1].ravel() for im in images])
+    valid = labels != IGNORE
+
+    def iou(is_gt, is_pred, tp=None, fn=None):
+        tp = np.sum(is_gt & is_pred) if tp is None else tp
+        fn = np.sum(is_gt & ~is_pred) if fn is None else fn
+        fp = np.sum(valid & ~is_gt & is_pred)
+        return tp / (tp + fp + fn) if tp + fp + fn else math.nan
+
+    def weighted(member):  # member(trainId) -> bool; weighted TP and FN over all instances
+        tp = fn = 0.0
+        for _, pred, instance_ids in images:
+            for value in np.unique(instance_ids[instance_ids > 1000]):
+                label_id = value // 1000
+                if label_id not in CS_LABEL_IDS:
+                    continue
+                train = CS_LABEL_IDS.index(label_id)
+                if not member(train):
+                    continue
+                mask = instance_ids == value
+                weight = average_size[names[train]] / mask.sum()
+                hits = np.sum(np.isin(pred[mask], [c for c in range(19) if member(c)]))
+                tp += weight * hits
+                fn += weight * (mask.sum() - hits)
+        return tp, fn
+
+    per_class_iou = {n: iou(labels == c, preds == c) for c, n in enumerate(names)}
+    per_class_iiou = {}
+    for c in range(11, 19):
+        tp, fn = weighted(lambda t, c=c: t == c)
+        per_class_iiou[names[c]] = iou(labels == c, preds == c, tp, fn)
+    cat = np.array(CS_CATEGORY)
+    categories = ["flat", "construction", "object", "nature", "sky", "human", "vehicle"]
+    gt_cat = np.where(valid, cat[np.minimum(labels, 18)], "void")
+    per_category_iou = {k: iou(gt_cat == k, cat[preds] == k) for k in categories}
+    per_category_iiou = {}
+    for k in ("human", "vehicle"):
+        tp, fn = weighted(lambda t, k=k: CS_CATEGORY[t] == k)
+        per_category_iiou[k] = iou(gt_cat == k, cat[preds] == k, tp, fn)
+    return {
+        "class_iou": np.nanmean(list(per_class_iou.values())),
+        "class_iiou": np.nanmean(list(per_class_iiou.values())),
+        "category_iou": np.nanmean(list(per_category_iou.values())),
+        "category_iiou": np.nanmean(list(per_category_iiou.values())),
+        "per_class_iou": per_class_iou, "per_class_iiou": per_class_iiou,
+        "per_category_iou": per_category_iou, "per_category_iiou": per_category_iiou,
+    }
+
+
+def test_cityscapes_scores_match_their_definitions():
+    rng = np.random.default_rng(3)
+    images = [cityscapes_scene(rng) for _ in range(3)]
+    scores = CityscapesScores()
+    for labels, preds, instance_ids in images:
+        scores.update(labels, preds, instance_ids)
+    result = scores.result()
+    expected = cityscapes_reference(images)
+
+    assert list(result) == list(expected)
+    for key, value in expected.items():
+        if isinstance(value, dict):
+            assert list(result[key]) == list(value), key
+            np.testing.assert_allclose(list(result[key].values()), list(value.values()),
+                                       rtol=1e-12, equal_nan=True, err_msg=key)
+        else:
+            assert result[key] == pytest.approx(value, rel=1e-12), key
+    assert 0 < result["class_iiou"] < 1 and result["class_iiou"] != result["class_iou"]
+    # The class IoU is the confusion matrix's mean IoU.
+    cm = ConfusionMatrix(19)
+    for labels, preds, _ in images:
+        cm.update(labels, preds)
+    assert result["class_iou"] == pytest.approx(cm.result()["miou"])
+
+
+def test_cityscapes_iiou_weighs_small_instances_up():
+    # Two cars: a 100-pixel one fully found, a 4-pixel one missed. Unweighted, the car IoU is
+    # 100 / 104; weighted by 12794 / size, the small car counts as much as the large one.
+    labels = np.full((20, 20), 0)
+    instance_ids = np.full((20, 20), 7)
+    labels[:10, :10] = 13
+    instance_ids[:10, :10] = 26000
+    labels[15:17, 15:17] = 13
+    instance_ids[15:17, 15:17] = 26001
+    preds = np.where(instance_ids == 26000, 13, 0)
+    scores = CityscapesScores()
+    scores.update(labels, preds, instance_ids)
+    result = scores.result()
+    assert result["per_class_iou"]["car"] == pytest.approx(100 / 104)
+    assert result["per_class_iiou"]["car"] == pytest.approx(0.5)
+    assert result["per_category_iiou"]["vehicle"] == pytest.approx(0.5)
+    assert math.isnan(result["per_class_iiou"]["person"])
+
+
+def test_cityscapes_scores_without_instance_ids_leave_iiou_out():
+    rng = np.random.default_rng(4)
+    labels, preds, instance_ids = cityscapes_scene(rng)
+    scores = CityscapesScores()
+    scores.update(labels, preds, instance_ids)
+    scores.update(labels, preds)  # an image without its *_instanceIds.png
+    result = scores.result()
+    assert math.isnan(result["class_iiou"]) and math.isnan(result["category_iiou"])
+    assert not math.isnan(result["class_iou"]) and not math.isnan(result["category_iou"])
+
+
+def test_cityscapes_scores_reject_bad_instance_ids():
+    labels = np.zeros((4, 4), dtype=np.uint8)
+    scores = CityscapesScores()
+    with pytest.raises(ValueError, match=r"7001 is an instance of 'road'.*only person"):
+        scores.update(labels, labels, np.full((4, 4), 7001))
+    with pytest.raises(ValueError, match=r"instance id 40001 names labelId 40"):
+        scores.update(labels, labels, np.full((4, 4), 40001))
+    with pytest.raises(ValueError, match=r"same shape"):
+        scores.update(labels, labels, np.zeros((4, 5)))
+    with pytest.raises(ValueError, match=r"preds hold class 19"):
+        scores.update(labels, np.full((4, 4), 19), np.zeros((4, 4)))
+    assert scores.num_images == 0 and scores.confusion.confusion.sum() == 0

@@ -46,6 +46,7 @@ import numpy as np
 import edgeseg
 from edgeseg.bench.fingerprint import device_fingerprint
 from edgeseg.bench.stats import fps, latency_stats
+from edgeseg.io import parse_size
 
 # The ENet paper's resolutions (TX1: 480x320, 640x360, 1280x720; Titan X up to 1920x1080).
 DEFAULT_SIZES: tuple[tuple[int, int], ...] = ((480, 320), (640, 360), (1280, 720), (1920, 1080))
@@ -54,14 +55,6 @@ SIZE_PATTERN = re.compile(r"(?<![0-9])(\d+)x(\d+)(?![0-9])")
 
 
 # --- sizes and artifacts ------------------------------------------------------------------------
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"640x360"`` -> ``(640, 360)`` (width x height)."""
-    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", str(text))
-    if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
-        raise ValueError(f"a size is WIDTHxHEIGHT, e.g. 640x360; got {text!r}")
-    return int(match.group(1)), int(match.group(2))
 
 
 def parse_sizes(texts: str | Iterable[str]) -> list[tuple[int, int]]:
@@ -211,7 +204,7 @@ def _describe(error: BaseException) -> str:
 
 
 def _benchmark_one(path, size, loaded, threads, warmup, runs, min_seconds, resize, device) -> dict:
-    from edgeseg.runtime import FORMATS_BY_SUFFIX, Segmenter, read_metadata
+    from edgeseg.runtime import FORMATS_BY_SUFFIX, InstanceSegmenter, Segmenter
 
     row = {
         "model": path.stem,
@@ -235,22 +228,16 @@ def _benchmark_one(path, size, loaded, threads, warmup, runs, min_seconds, resiz
         "timestamp": None,
         "edgeseg_version": edgeseg.__version__,
     }
-    try:
-        metadata = (read_metadata(path) or {}) if path.is_file() else {}
-    except ValueError:
-        metadata = {}
-    row["model"] = metadata.get("model") or row["model"]
-    row["quant"] = metadata.get("quant")
     if isinstance(loaded, Exception):
         return _finish(row, _describe(loaded))
     try:
         predictor, load_ms = loaded
+        row["model"] = predictor.artifact.family or row["model"]
+        row["quant"] = predictor.artifact.quant
         row["load_ms"] = round(load_ms, 3)
         row["format"] = predictor.format
         row["model_input"] = size_label(predictor.input_size)
-        from edgeseg.runtime.instances import InstanceSegmenter, is_instance_model
-
-        if is_instance_model(predictor):  # Mask R-CNN: letterboxed to its square, detections
+        if predictor.task == "instance":  # letterboxed to its square input, detections
             segmenter = InstanceSegmenter(predictor)
             row["resize"] = "letterbox"
         else:

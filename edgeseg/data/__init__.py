@@ -12,7 +12,6 @@ from edgeseg.data.base import (
     SegmentationDataset,
     read_image,
     read_label_file,
-    voc_palette,
 )
 from edgeseg.data.cache import cache_dir
 from edgeseg.data.camvid import CAMVID_CLASSES, CAMVID_PALETTE, read_camvid
@@ -24,6 +23,7 @@ from edgeseg.data.cityscapes import (
 )
 from edgeseg.data.coco import CocoInstances, read_coco, read_coco_instances
 from edgeseg.data.folder import read_folder
+from edgeseg.data.instances import open_instances
 from edgeseg.data.png import decode_palette_png
 from edgeseg.data.spec import DATASET_FORMATS, DatasetFormat, open_dataset, parse_dataset_spec
 from edgeseg.data.stats import class_pixel_counts
@@ -60,6 +60,7 @@ __all__ = [
     "ensure_synthetic",
     "generate_scene",
     "open_dataset",
+    "open_instances",
     "parse_dataset_spec",
     "read_camvid",
     "read_cityscapes",
@@ -70,6 +71,5 @@ __all__ = [
     "read_label_file",
     "read_synthetic",
     "read_voc",
-    "voc_palette",
     "write_synthetic",
 ]

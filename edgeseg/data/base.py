@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from edgeseg.data.png import PngError, decode_palette_png, is_palette_png
+from edgeseg.palette import voc_palette
 
 IGNORE_INDEX = 255
 """The label of pixels that are not scored, in every dataset after reading."""
@@ -23,27 +24,6 @@ IGNORE_INDEX = 255
 
 class DataError(ValueError):
     """A dataset, a spec or one of its files is missing, unreadable or inconsistent."""
-
-
-def voc_palette(entries: int = 256) -> np.ndarray:
-    """The Pascal VOC colour map: entry ``i`` spreads the bits of ``i`` over R, G and B.
-
-    It is the palette of VOC's ``SegmentationClass`` PNGs (class 1 is (128, 0, 0), the border
-    255 is (224, 224, 192)) and a good default for any label set: neighbours differ strongly.
-
-    Returns:
-        An (entries, 3) uint8 array of RGB colours.
-    """
-    palette = np.zeros((entries, 3), dtype=np.uint8)
-    for index in range(entries):
-        value, r, g, b = index, 0, 0, 0
-        for bit in range(8):
-            r |= ((value >> 0) & 1) << (7 - bit)
-            g |= ((value >> 1) & 1) << (7 - bit)
-            b |= ((value >> 2) & 1) << (7 - bit)
-            value >>= 3
-        palette[index] = (r, g, b)
-    return palette
 
 
 def _value_ranges(values: Sequence[int]) -> str:

@@ -6,6 +6,7 @@ mask is first drawn) each time a sample is read; nothing is cached on disk.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.data.base import IGNORE_INDEX, DataError, SegmentationDataset, read_image, voc_palette
+from edgeseg.data.base import IGNORE_INDEX, DataError, SegmentationDataset, read_image
+from edgeseg.palette import voc_palette
 
 COCO_LAYOUT = """\
   <root>/annotations/instances_<split>2017.json   (or instances_<split>.json)
@@ -224,11 +226,26 @@ class CocoInstances:
         self.include_crowd = include_crowd
         self.classes = index.classes
         self.root = index.image_dir.parent
+        self.skipped: list[tuple[str, str]] = []  # (image file, reason) of images left out
 
     @property
     def num_classes(self) -> int:
         """Classes including background (class 0)."""
         return len(self.classes)
+
+    def image_files(self, i: int) -> tuple[Path, Path]:
+        """The files image ``i`` is read from: the image and the annotation file."""
+        return self.index.image_path(i), self.index.annotation_file
+
+    def without(self, indices) -> CocoInstances:
+        """These instances less the images at ``indices`` (bad files left out by
+        ``--skip-bad``); evaluation scores the images that remain."""
+        drop = set(indices)
+        index = copy.copy(self.index)
+        index.images = [image for i, image in enumerate(self.index.images) if i not in drop]
+        kept = CocoInstances(index, self.split, self.include_crowd)
+        kept.skipped = list(self.skipped)
+        return kept
 
     def __len__(self) -> int:
         return len(self.index.images)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from edgeseg.data.base import DataError, SegmentationDataset
 from edgeseg.data.camvid import CAMVID_LAYOUT, read_camvid
+from edgeseg.data.check import check_dataset
 from edgeseg.data.cityscapes import CITYSCAPES_LAYOUT, read_cityscapes
 from edgeseg.data.coco import COCO_LAYOUT, read_coco
 from edgeseg.data.folder import FOLDER_LAYOUT, read_folder
@@ -25,6 +26,7 @@ from edgeseg.data.synthetic import (
     read_synthetic,
 )
 from edgeseg.data.voc import VOC_LAYOUT, read_voc
+from edgeseg.io import parse_size
 
 
 @dataclass(frozen=True)
@@ -73,13 +75,6 @@ DATASET_FORMATS: dict[str, DatasetFormat] = {
 }  # fmt: skip
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    width, sep, height = text.lower().partition("x")
-    if not (sep and width.isdigit() and height.isdigit()):
-        raise ValueError(f"expected <width>x<height> such as 96x64, got {text!r}")
-    return int(width), int(height)
-
-
 def _parse_count(text: str) -> int:
     if not text.isdigit():
         raise ValueError(f"expected a whole number, got {text!r}")
@@ -90,7 +85,7 @@ _SYNTHETIC_OPTIONS: dict[str, tuple[Callable[[str], object], str]] = {
     "n_train": (_parse_count, f"training scenes (default {DEFAULT_COUNTS['n_train']})"),
     "n_val": (_parse_count, f"validation scenes (default {DEFAULT_COUNTS['n_val']})"),
     "n_test": (_parse_count, f"test scenes (default {DEFAULT_COUNTS['n_test']})"),
-    "size": (_parse_size, "<width>x<height> (default {}x{})".format(*DEFAULT_SIZE)),
+    "size": (lambda text: parse_size(text, "the value"), "<width>x<height> (default {}x{})".format(*DEFAULT_SIZE)),
     "seed": (_parse_count, "random seed (default 0)"),
 }
 
@@ -151,7 +146,13 @@ def parse_dataset_spec(spec: str) -> tuple[str, Path | None, dict]:
     return name, Path(path).expanduser(), options
 
 
-def open_dataset(spec: str, split: str = "train", skip_bad: bool = False) -> SegmentationDataset:
+def open_dataset(
+    spec: str,
+    split: str = "train",
+    skip_bad: bool = False,
+    check: bool = False,
+    progress: bool = True,
+) -> SegmentationDataset:
     """Open the dataset a spec names, e.g. ``open_dataset("camvid:/data/CamVid", "val")``.
 
     Specs: ``camvid:<path>``, ``cityscapes:<path>``, ``voc:<path>``, ``folder:<path>``,
@@ -165,6 +166,11 @@ def open_dataset(spec: str, split: str = "train", skip_bad: bool = False) -> Seg
         skip_bad: read every sample now and drop the bad ones, listing them in
             ``dataset.skipped``. Without it only missing files are checked now (and raise);
             unreadable files, size mismatches and bad labels raise when the sample is read.
+        check: decode and check every sample now, as training does, remembering the good
+            ones per file (size and modification time) so that the next call decodes only
+            what changed (:func:`edgeseg.data.check.check_dataset`); the first bad sample
+            raises, or with ``skip_bad`` is dropped.
+        progress: with ``check``, draw a progress bar on stderr while decoding.
 
     Raises:
         DataError: a bad spec, a missing folder or split, or (without ``skip_bad``) a missing
@@ -174,4 +180,6 @@ def open_dataset(spec: str, split: str = "train", skip_bad: bool = False) -> Seg
     if name == "synthetic" and path is None:
         path = ensure_synthetic(**options)
     dataset = DATASET_FORMATS[name].reader(path, split)
+    if check:
+        return check_dataset(dataset, skip_bad=skip_bad, progress=progress)
     return dataset.validate(skip_bad=skip_bad, read_pixels=skip_bad)

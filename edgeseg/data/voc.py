@@ -11,8 +11,8 @@ from edgeseg.data.base import (
     SegmentationDataset,
     check_split,
     require_layout,
-    voc_palette,
 )
+from edgeseg.palette import voc_palette
 
 VOC_CLASSES = (
     "background",

@@ -23,6 +23,8 @@ class ModelSpec:
     output_stride: int  # input height and width are padded to a multiple of this in the graph
     default_size: tuple[int, int]  # (height, width) the paper trains at
     fixed_size_ok: bool = True
+    # (height, width) of the training crops when the train command is given no --size.
+    train_size: tuple[int, int] = (360, 480)
     options: dict = field(default_factory=dict)  # option -> (default, help)
 
 
@@ -85,6 +87,7 @@ _MODELS: dict[str, ModelSpec] = {
             output_stride=32,
             default_size=(512, 512),
             fixed_size_ok=False,
+            train_size=(512, 512),  # square, a multiple of 32 (GustavZ/Mobile_Mask_RCNN)
             options={
                 "backbone": ("mobilenet_v2", "'mobilenet' (V1) or 'mobilenet_v2'"),
                 "alpha": (1.0, "MobileNet width multiplier"),

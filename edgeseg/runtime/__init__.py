@@ -4,21 +4,30 @@
 normalised as the model's metadata says, and returns what the model returns: logits or
 probabilities (N, H, W, K), or a label map (N, H, W). Loading a .tflite model imports LiteRT,
 NumPy and OpenCV only, never TensorFlow.
+
+``frame_drawer(segmenter)`` draws results on frames (views, legend, heads-up line);
+``edgeseg.runtime.live`` holds the bookkeeping of a live loop (``LiveRun``, ``open_segmenter``).
 """
 
+from edgeseg.runtime.draw import FrameDrawer, InstanceFrameDrawer, frame_drawer
 from edgeseg.runtime.instances import InstanceSegmenter, is_instance_model
+from edgeseg.runtime.live import LiveRun, open_segmenter
 from edgeseg.runtime.predictor import FORMATS_BY_SUFFIX, Predictor, load_predictor, read_metadata
-from edgeseg.runtime.segmenter import Segmenter, default_palette
+from edgeseg.runtime.segmenter import Segmenter
 from edgeseg.runtime.tiling import segment_tiled
 
 __all__ = [
     "FORMATS_BY_SUFFIX",
+    "FrameDrawer",
+    "InstanceFrameDrawer",
     "InstanceSegmenter",
+    "LiveRun",
     "Predictor",
     "Segmenter",
-    "default_palette",
+    "frame_drawer",
     "is_instance_model",
     "load_predictor",
+    "open_segmenter",
     "read_metadata",
     "segment_tiled",
 ]

@@ -16,19 +16,22 @@ LiteRT only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from edgeseg.instances import PASTE_MODES, frame_detections, resize_square
+from edgeseg.instances import (
+    DETECTION_KEYS,
+    PASTE_MODES,
+    detection_roles,
+    frame_detections,
+    resize_square,
+)
 from edgeseg.runtime.predictor import Predictor
 from edgeseg.runtime.segmenter import TimedStages
 from edgeseg.runtime_tflite import read_output, set_input
 
-MODEL_NAME = "mobile_mask_rcnn"
-DETECTION_KEYS = ("boxes", "classes", "scores", "masks", "count")
 _DTYPES = {"boxes": np.float32, "classes": np.int32, "scores": np.float32, "masks": np.float32,
            "count": np.int32}
 # Class colours where the metadata has no palette: matplotlib's "tab10", bright on most scenes.
@@ -40,26 +43,6 @@ INSTANCE_COLOURS = np.array(
 
 
 # ----------------------------------------------------------------------------------- outputs
-
-
-def _role(shape: Sequence, is_float: bool) -> str | None:
-    """Which detection output a tensor of this shape and type is (None: none of them)."""
-    rank = len(shape)
-    if rank == 4 and is_float:
-        return "masks"
-    if rank == 3 and shape[-1] == 4 and is_float:
-        return "boxes"
-    if rank == 2:
-        return "scores" if is_float else "classes"
-    if rank == 1 and not is_float:
-        return "count"
-    return None
-
-
-def _roles(specs: Sequence[tuple[Sequence, bool]]) -> list[str] | None:
-    """The role of each output (shape, is_float), or None unless they are exactly the five."""
-    roles = [_role(shape, is_float) for shape, is_float in specs]
-    return roles if sorted(map(str, roles)) == sorted(DETECTION_KEYS) else None
 
 
 def _describe_specs(specs) -> str:
@@ -81,7 +64,7 @@ def _onnx_output_roles(session) -> list[str] | None:
     names = [o.name for o in outputs]
     if sorted(names) == sorted(DETECTION_KEYS):
         return names
-    return _roles([(o.shape, "float" in o.type) for o in outputs])
+    return detection_roles([(o.shape, "float" in o.type) for o in outputs])
 
 
 def _keras_is_detector(model) -> bool:
@@ -90,23 +73,26 @@ def _keras_is_detector(model) -> bool:
 
 
 def is_instance_model(predictor_or_metadata: Predictor | dict | None) -> bool:
-    """Whether a predictor (or a model's metadata) is a Mask R-CNN with the five outputs.
+    """Whether a predictor (or a model's metadata) is an instance model with the five outputs.
 
-    True when the metadata names ``mobile_mask_rcnn``, or when the model itself has the outputs:
-    a LiteRT interpreter's by shape and type, an onnxruntime session's by name or by shape and
-    type, a Keras model's by its output dict. A predictor with a ``detect`` method counts too.
+    A predictor from :func:`load_predictor` knows its task (``edgeseg.artifacts``: from the
+    model's outputs). Otherwise the model itself decides: a LiteRT interpreter's outputs by
+    shape and type, an onnxruntime session's by name or by shape and type, a Keras model's by
+    its output dict; a predictor with a ``detect`` method counts too. Metadata counts when it
+    says ``"task": "instance"``; a model's name never does.
     """
     if predictor_or_metadata is None:
         return False
     if isinstance(predictor_or_metadata, dict):
-        return predictor_or_metadata.get("model") == MODEL_NAME
+        return predictor_or_metadata.get("task") == "instance"
     predictor = predictor_or_metadata
-    if (getattr(predictor, "metadata", None) or {}).get("model") == MODEL_NAME:
-        return True
+    artifact = getattr(predictor, "artifact", None)
+    if artifact is not None:
+        return artifact.task == "instance"
     if callable(getattr(predictor, "detect", None)):
         return True
     if getattr(predictor, "interpreter", None) is not None:
-        return _roles(_tflite_output_specs(predictor.interpreter)) is not None
+        return detection_roles(_tflite_output_specs(predictor.interpreter)) is not None
     if getattr(predictor, "session", None) is not None:
         return _onnx_output_roles(predictor.session) is not None
     if getattr(predictor, "model", None) is not None:
@@ -121,7 +107,7 @@ def _typed(outputs: dict) -> dict[str, np.ndarray]:
 def _detect_tflite(interpreter, image: np.ndarray) -> dict[str, np.ndarray]:
     """All the interpreter's outputs for one image, dequantised, by role."""
     specs = _tflite_output_specs(interpreter)
-    roles = _roles(specs)
+    roles = detection_roles(specs)
     if roles is None:
         raise ValueError(
             "the .tflite model's outputs are not the five Mask R-CNN outputs (boxes (1, D, 4) "
@@ -138,7 +124,7 @@ def _detect_onnx(session, input_name: str, image: np.ndarray) -> dict[str, np.nd
     roles = _onnx_output_roles(session)
     arrays = session.run(None, {input_name: image})
     if roles is None:  # symbolic dimensions: the arrays themselves have the shapes
-        roles = _roles([(a.shape, a.dtype.kind == "f") for a in arrays])
+        roles = detection_roles([(a.shape, a.dtype.kind == "f") for a in arrays])
     if roles is None:
         specs = [(a.shape, a.dtype.kind == "f") for a in arrays]
         raise ValueError(
@@ -241,11 +227,11 @@ class InstanceSegmenter(TimedStages):
         self.min_score = float(min_score)
         self.input_size = tuple(size)
         norm = predictor.normalisation
-        self.scale = float(norm.get("scale", 1 / 255))
-        self.offset = float(norm.get("offset", 0.0))
+        self.scale = float(norm["scale"])
+        self.offset = float(norm["offset"])
         classes = predictor.classes
         self._classes = list(classes) if classes else None
-        palette = predictor.metadata.get("palette")
+        palette = predictor.palette
         self._palette = None if palette is None else np.asarray(palette, np.uint8).reshape(-1, 3)
         self.palette = np.stack([self.colour(i) for i in range(len(classes) if classes else 256)])
         self.last_timings: dict[str, float] = {}

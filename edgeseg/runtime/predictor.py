@@ -2,44 +2,61 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-FORMATS_BY_SUFFIX = {".keras": "keras", ".tflite": "tflite", ".onnx": "onnx"}
+from edgeseg.artifacts import DEFAULT_NORMALISATION, FORMATS_BY_SUFFIX, Artifact, open_artifact
+from edgeseg.artifacts import read_metadata as _read_metadata
 
 
 def read_metadata(model_path: str | os.PathLike) -> dict | None:
-    """The model's metadata: its sidecar ``<file>.json`` (exports) or ``run.json`` (training)."""
-    path = Path(model_path)
-    for candidate in (path.with_name(path.name + ".json"), path.with_name("run.json")):
-        if candidate.is_file():
-            try:
-                return json.loads(candidate.read_text())
-            except json.JSONDecodeError as error:
-                raise ValueError(f"metadata file {candidate} is not valid JSON: {error}") from None
-    return None
+    """The model's metadata in ``edgeseg.artifacts``' precedence (sidecar, then run.json)."""
+    return _read_metadata(model_path) or None
 
 
 class Predictor:
-    """Runs one model format. Subclasses set ``input_size`` (W, H) and implement ``run``."""
+    """Runs one model format. Subclasses set ``input_size`` (W, H) and implement ``run``.
+
+    ``artifact`` (``edgeseg.artifacts.Artifact``) says what the file is: its task, classes,
+    palette and normalisation; predictors made without one (tests, wrappers) fall back to
+    ``metadata``.
+    """
 
     format = "?"
 
-    def __init__(self, path: Path, metadata: dict | None):
+    def __init__(self, path: Path, metadata: dict | None, artifact: Artifact | None = None):
         self.path = path
-        self.metadata = metadata or {}
+        self.artifact = artifact
+        self.metadata = metadata if metadata is not None else (artifact.metadata if artifact else {})
         self.input_size: tuple[int, int] | None = None
 
     @property
+    def task(self) -> str:
+        """"semantic" or "instance": the artifact's (read from the model's outputs); without
+        one, an instance predictor is one with a ``detect`` method or metadata saying so."""
+        if self.artifact:
+            return self.artifact.task
+        if callable(getattr(self, "detect", None)) or self.metadata.get("task") == "instance":
+            return "instance"
+        return "semantic"
+
+    @property
     def normalisation(self) -> dict:
-        return self.metadata.get("normalisation") or {"scale": 1 / 255, "offset": 0.0}
+        if self.artifact:
+            return self.artifact.normalisation
+        return self.metadata.get("normalisation") or dict(DEFAULT_NORMALISATION)
 
     @property
     def classes(self) -> list[str] | None:
+        if self.artifact and self.artifact.classes:
+            return self.artifact.classes
         return self.metadata.get("classes")
+
+    @property
+    def palette(self) -> list | None:
+        return self.artifact.palette if self.artifact else self.metadata.get("palette")
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -54,9 +71,9 @@ class Predictor:
 class KerasPredictor(Predictor):
     format = "keras"
 
-    def __init__(self, path: Path, metadata: dict | None):
-        super().__init__(path, metadata)
-        from edgeseg.evaluate import load_keras_model
+    def __init__(self, path: Path, metadata: dict | None, artifact: Artifact | None = None):
+        super().__init__(path, metadata, artifact)
+        from edgeseg.models.loading import load_keras_model
 
         self.model = load_keras_model(path)
         shape = self.model.inputs[0].shape
@@ -86,8 +103,9 @@ class TFLitePredictor(Predictor):
 
     format = "tflite"
 
-    def __init__(self, path: Path, metadata: dict | None, threads: int | None = None):
-        super().__init__(path, metadata)
+    def __init__(self, path: Path, metadata: dict | None, threads: int | None = None,
+                 artifact: Artifact | None = None):
+        super().__init__(path, metadata, artifact)
         from edgeseg.runtime_tflite import load_interpreter
 
         self.interpreter = load_interpreter(path, num_threads=threads)
@@ -105,8 +123,9 @@ class OnnxPredictor(Predictor):
 
     format = "onnx"
 
-    def __init__(self, path: Path, metadata: dict | None, threads: int | None = None):
-        super().__init__(path, metadata)
+    def __init__(self, path: Path, metadata: dict | None, threads: int | None = None,
+                 artifact: Artifact | None = None):
+        super().__init__(path, metadata, artifact)
         try:
             import onnxruntime as ort
         except ImportError:
@@ -131,19 +150,21 @@ class OnnxPredictor(Predictor):
 
 
 def load_predictor(path: str | os.PathLike, threads: int | None = None) -> Predictor:
-    """A predictor for a .keras, .tflite or .onnx file, with its metadata."""
-    path = Path(path).expanduser()
-    kind = FORMATS_BY_SUFFIX.get(path.suffix)
-    if kind is None:
-        raise ValueError(
-            f"{path}: unknown model format {path.suffix or '(no suffix)'!r}; accepted: "
-            + ", ".join(FORMATS_BY_SUFFIX)
-        )
-    if not path.is_file():
-        raise FileNotFoundError(f"model file {path} does not exist")
-    metadata = read_metadata(path)
-    if kind == "keras":
-        return KerasPredictor(path, metadata)
-    if kind == "tflite":
-        return TFLitePredictor(path, metadata, threads)
-    return OnnxPredictor(path, metadata, threads)
+    """A predictor for a .keras, .tflite or .onnx file, with what ``open_artifact`` says of it.
+
+    Raises:
+        FileNotFoundError: no such file.
+        edgeseg.artifacts.ArtifactError: an unknown suffix, or a file that is not a model of
+            its suffix (junk, truncated, empty), named with what it is not.
+    """
+    artifact = open_artifact(path)
+    if artifact.format == "keras":
+        return KerasPredictor(artifact.path, None, artifact)
+    if artifact.format == "tflite":
+        return TFLitePredictor(artifact.path, None, threads, artifact)
+    if artifact.format == "onnx":
+        return OnnxPredictor(artifact.path, None, threads, artifact)
+    raise ValueError(
+        f"{artifact.path}: {artifact.format} files run through their own runtime; "
+        f"load_predictor takes {', '.join(s for s, f in FORMATS_BY_SUFFIX.items() if f != 'engine')}"
+    )

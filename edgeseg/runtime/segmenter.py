@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from edgeseg.palette import colour_lookup, colourise, voc_palette
 from edgeseg.runtime.predictor import Predictor
 
 RESIZE_MODES = ("resize", "letterbox")
@@ -25,20 +26,6 @@ class Geometry:
 
     frame_size: tuple[int, int]  # (W, H)
     content: tuple[int, int, int, int]  # x, y, w, h of the frame inside the model input
-
-
-def default_palette(num_classes: int) -> np.ndarray:
-    """Distinct RGB colours (the Pascal VOC bit pattern)."""
-    palette = np.zeros((num_classes, 3), np.uint8)
-    for i in range(num_classes):
-        c, r, g, b = i, 0, 0, 0
-        for bit in range(8):
-            r |= ((c >> 0) & 1) << (7 - bit)
-            g |= ((c >> 1) & 1) << (7 - bit)
-            b |= ((c >> 2) & 1) << (7 - bit)
-            c >>= 3
-        palette[i] = (r, g, b)
-    return palette
 
 
 class TimedStages:
@@ -81,15 +68,16 @@ class Segmenter(TimedStages):
         self.resize = resize
         self.input_size = predictor.input_size
         norm = predictor.normalisation
-        self.scale = float(norm.get("scale", 1 / 255))
-        self.offset = float(norm.get("offset", 0.0))
+        self.scale = float(norm["scale"])
+        self.offset = float(norm["offset"])
         classes = predictor.classes
-        palette = predictor.metadata.get("palette")
+        palette = predictor.palette
         self.classes = list(classes) if classes else None
         if palette is not None:
-            self.palette = np.asarray(palette, np.uint8)
+            self.palette = np.asarray(palette, np.uint8).reshape(-1, 3)
         else:
-            self.palette = default_palette(len(classes) if classes else 256)
+            self.palette = voc_palette(len(classes) if classes else 256)
+        self._lookup = colour_lookup(self.palette[:256])
         self.last_timings: dict[str, float] = {}
 
     # --- stages ---------------------------------------------------------------------------------
@@ -127,9 +115,7 @@ class Segmenter(TimedStages):
 
     def colourise(self, labels: np.ndarray) -> np.ndarray:
         """uint8 RGB colours of a label map (labels beyond the palette are black)."""
-        palette = np.zeros((256, 3), np.uint8)
-        palette[: len(self.palette)] = self.palette[:256]
-        return palette[labels]
+        return colourise(labels, self._lookup)
 
     def overlay(self, frame: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
         """The frame blended with the class colours (RGB)."""

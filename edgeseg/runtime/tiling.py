@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgeseg.artifacts import DEFAULT_NORMALISATION
+
 # A callable from a normalised float32 tile (1, h, w, 3) to scores (1, h, w, K).
 PredictLogits = Callable[[np.ndarray], np.ndarray]
 
@@ -166,9 +168,9 @@ def segment_tiled(
         tile = getattr(predict_logits, "input_size", None)
         if tile is None:
             raise ValueError("tile (W, H) is needed: predict_logits has no input_size")
-    normalisation = getattr(predict_logits, "normalisation", None) or {}
-    scale = float(normalisation.get("scale", 1 / 255) if scale is None else scale)
-    offset = float(normalisation.get("offset", 0.0) if offset is None else offset)
+    normalisation = getattr(predict_logits, "normalisation", None) or DEFAULT_NORMALISATION
+    scale = float(normalisation["scale"] if scale is None else scale)
+    offset = float(normalisation["offset"] if offset is None else offset)
 
     height, width = image.shape[:2]
     plan = plan_tiles((width, height), tile, overlap)

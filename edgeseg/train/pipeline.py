@@ -2,20 +2,21 @@
 
 Samples are read by the dataset readers (OpenCV, in ``tf.numpy_function`` calls that run in
 parallel), cached in memory when the decoded split fits ``cache_bytes``, augmented in the graph,
-batched and prefetched. Images reach the model as float32 in [0, 1] (``NORMALISATION``).
+batched and prefetched. Images reach the model as float32 in [0, 1] (``edgeseg.artifacts.DEFAULT_NORMALISATION``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from edgeseg.data import IGNORE_INDEX, SegmentationDataset
+from edgeseg.data import IGNORE_INDEX, DataError, SegmentationDataset
 from edgeseg.train.weights import unet_weight_map
-
-NORMALISATION = {"scale": 1 / 255, "offset": 0.0}
 
 
 @dataclass(frozen=True)
@@ -139,3 +140,47 @@ def make_dataset(
 
         ds = ds.map(add_weight_map, num_parallel_calls=autotune)
     return ds.batch(batch, drop_remainder=drop_remainder).prefetch(autotune)
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+# The last line of a Python traceback: "edgeseg.data.base.DataError: image x.png is ...".
+_PYTHON_ERROR_LINE = re.compile(r"^(?P<kind>[A-Za-z_][\w.]*): (?P<message>\S.*)$")
+
+
+def python_error_in(text: str) -> tuple[str, str] | None:
+    """``(exception class, message)`` of the Python exception that a TensorFlow error reports.
+
+    An exception raised inside ``tf.numpy_function`` reaches the caller as an
+    ``InvalidArgumentError`` whose text holds the whole Python traceback; its last line names
+    the original exception. None when the text holds none.
+    """
+    found = None
+    for line in str(text).splitlines():
+        match = _PYTHON_ERROR_LINE.match(line.strip())
+        if match and match["kind"].rsplit(".", 1)[-1].endswith(("Error", "Exception")):
+            found = (match["kind"].rsplit(".", 1)[-1], match["message"].strip())
+    return found
+
+
+@contextlib.contextmanager
+def pipeline_errors() -> Iterator[None]:
+    """Turns an error raised inside the input pipeline into one line for the user.
+
+    A bad sample found while training (a file that changed after the check, say) is re-raised
+    as the :class:`DataError` the reader raised; any other error of the pipeline as a
+    RuntimeError that carries the original exception's class and message. Errors of the
+    training step itself pass through unchanged.
+    """
+    import tensorflow as tf
+
+    try:
+        yield
+    except tf.errors.OpError as error:
+        found = python_error_in(error.message)
+        if found is None:
+            raise
+        kind, message = found
+        if kind == "DataError":
+            raise DataError(message) from None
+        raise RuntimeError(f"the input pipeline failed: {kind}: {message}") from None

@@ -10,9 +10,12 @@ write them to. Both are context managers with ``close()``, so a demo reads::
 Sources: ``0`` or ``/dev/video0`` (camera), ``rtsp://...`` (stream), ``clip.mp4``, ``frames/``,
 ``synthetic?size=640x360&fps=30``. Sinks: ``display``, ``out.mp4``, ``frames/``, ``none``.
 ``SOURCE_SPECS`` and ``SINK_SPECS`` hold the full syntax, ``SOURCE_OPTIONS`` and
-``SINK_OPTIONS`` the options of each kind. Only OpenCV and NumPy are imported.
+``SINK_OPTIONS`` the options of each kind. ``as_source`` / ``as_sink`` also take a source or
+sink already open (or a list of frames) for the same ``with`` block. ``Prefetcher`` reads and
+prepares frames ahead in a worker thread. Only OpenCV and NumPy are imported.
 """
 
+from edgeseg.video.prefetch import PrefetchedFrame, Prefetcher
 from edgeseg.video.sinks import (
     SINK_OPTIONS,
     SINK_SPECS,
@@ -22,6 +25,7 @@ from edgeseg.video.sinks import (
     Sink,
     SinkError,
     VideoFileSink,
+    as_sink,
     display_unavailable_reason,
     open_sink,
     write_image,
@@ -35,6 +39,7 @@ from edgeseg.video.sources import (
     SourceError,
     SyntheticSource,
     VideoFileSource,
+    as_source,
     list_video_devices,
     open_source,
     to_rgb_frame,
@@ -50,6 +55,8 @@ __all__ = [
     "ImageFolderSource",
     "LiveSource",
     "NullSink",
+    "PrefetchedFrame",
+    "Prefetcher",
     "Sink",
     "SinkError",
     "Source",
@@ -57,6 +64,8 @@ __all__ = [
     "SyntheticSource",
     "VideoFileSink",
     "VideoFileSource",
+    "as_sink",
+    "as_source",
     "display_unavailable_reason",
     "list_video_devices",
     "open_sink",

@@ -8,16 +8,19 @@ renamed on close, and each image is renamed into place once written.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
+from edgeseg.io import atomic_path
 from edgeseg.video.sources import IMAGE_SUFFIXES, parse_option_value
 
 VIDEO_FOURCCS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
@@ -232,22 +235,22 @@ class VideoFileSink(Sink):
         self.size: tuple[int, int] | None = None
         self.resized = 0
         self._writer: cv2.VideoWriter | None = None
-        self._temp: Path | None = None
+        self._temporary = contextlib.ExitStack()  # closing it renames the video into place
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def _open(self, width: int, height: int) -> None:
         # The temporary name keeps the suffix: OpenCV picks the container from it.
-        temp = self.path.with_name(f".{self.path.stem}.partial-{os.getpid()}{self.path.suffix}")
+        temp = self._temporary.enter_context(atomic_path(self.path))
         writer = cv2.VideoWriter(
             str(temp), cv2.VideoWriter.fourcc(*self.fourcc), self.fps, (width, height)
         )
         if not writer.isOpened():
-            temp.unlink(missing_ok=True)
-            raise SinkError(
-                f"cannot write {self.path}: this OpenCV has no {self.fourcc!r} encoder for "
-                f"{self.path.suffix}; try out.avi (MJPG) or fourcc=..."
-            )
-        self._writer, self._temp, self.size = writer, temp, (width, height)
+            with self._temporary:  # the error passes through atomic_path: no file is left
+                raise SinkError(
+                    f"cannot write {self.path}: this OpenCV has no {self.fourcc!r} encoder for "
+                    f"{self.path.suffix}; try out.avi (MJPG) or fourcc=..."
+                )
+        self._writer, self.size = writer, (width, height)
 
     def _write(self, frame: np.ndarray) -> None:
         height, width = frame.shape[:2]
@@ -264,7 +267,7 @@ class VideoFileSink(Sink):
         super().close()
         if self._writer is not None:
             self._writer.release()
-            os.replace(self._temp, self.path)
+            self._temporary.close()
 
 
 def letterbox(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -311,14 +314,17 @@ class ImageFolderSink(Sink):
 
 
 def write_image(path: str | os.PathLike, frame_rgb: np.ndarray) -> None:
-    """Writes an RGB image atomically (a temporary file renamed into place)."""
+    """Writes an RGB image atomically (a temporary file renamed into place).
+
+    Not flushed to disk before the rename (``write_bytes_atomic`` is): a frame folder gets
+    frames at camera rates, and an fsync each would slow the loop that writes them.
+    """
     path = Path(path)
     ok, data = cv2.imencode(path.suffix, cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise SinkError(f"cannot encode {path.suffix} images with this OpenCV")
-    temp = path.with_name(f".{path.name}.partial")
-    temp.write_bytes(data.tobytes())
-    os.replace(temp, path)
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data.tobytes())
 
 
 # ----------------------------------------------------------------------------------- specs
@@ -385,3 +391,17 @@ def open_sink(spec: str | None, **options: Any) -> Sink:
     opts = _sink_options("folder", text, query, options)
     ext = str(opts["ext"]).lower().lstrip(".")
     return ImageFolderSink(text, path, pattern=f"%06d.{ext}", start=opts["start"])
+
+
+@contextlib.contextmanager
+def as_sink(sink: str | os.PathLike | Sink | None) -> Iterator[Any]:
+    """A ``with`` block over a sink: a spec (or None) is opened with :func:`open_sink`; an open
+    sink, or anything with ``write``, ``poll_key`` and ``close``, is used as it is. It is
+    closed at the end of the block.
+    """
+    if sink is None or isinstance(sink, str | os.PathLike):
+        sink = open_sink(None if sink is None else os.fspath(sink))
+    try:
+        yield sink
+    finally:
+        sink.close()

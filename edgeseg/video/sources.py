@@ -11,18 +11,21 @@ skipped and counted in ``skipped``.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 import cv2
 import numpy as np
+
+from edgeseg.io import parse_size
 
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -480,7 +483,7 @@ def parse_option_value(text: str) -> Any:
     if lowered in ("none", "null", ""):
         return None
     if re.fullmatch(r"\d+x\d+", lowered):
-        return tuple(int(v) for v in lowered.split("x"))
+        return parse_size(lowered)
     for kind in (int, float):
         try:
             return kind(text)
@@ -646,6 +649,22 @@ def open_source(
         return LiveSource(spec, lambda: _EndingCapture(factory(target)),
                           describe=f"video {target}", pace=fps, **live_options)
     return VideoFileSource(spec, target, factory)
+
+
+@contextlib.contextmanager
+def as_source(source: str | int | os.PathLike | Iterable[np.ndarray]) -> Iterator[Any]:
+    """A ``with`` block over a source: a spec is opened with :func:`open_source`; an open
+    source, or any iterable of frames (a list, a generator), is used as it is. Either is closed
+    at the end of the block where it has a ``close`` method.
+    """
+    if isinstance(source, str | int | os.PathLike):
+        source = open_source(source if isinstance(source, int) else os.fspath(source))
+    try:
+        yield source
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
 
 
 

@@ -137,3 +137,59 @@ def test_export_holds_the_whole_graph_and_matches_keras(detector, fmt, quant, tm
         blob = out.read_bytes()
         assert non_builtin_ops(blob) == []
         assert "NON_MAX_SUPPRESSION_V4" in tflite_op_names(blob)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "quant"), [("mobile_mask_rcnn", "int8"), ("my_detector", "none")])
+def test_an_api_saved_detector_exports_through_the_cli(name, quant, tmp_path, monkeypatch, capsys):
+    """A Mask R-CNN built and saved through the Python API with no run.json beside it, under
+    its own name or another, exports and validates through ``edgeseg export``: the task comes
+    from the model's outputs. (The defect: export took the semantic path by the name in
+    run.json and died with an IndexError in validate_export.)
+
+    Built by the family's builder (what ``models.build("mobile_mask_rcnn", ...)`` calls) with
+    the small anchors of the ``detector`` fixture: ``models.build`` takes neither
+    ``anchor_scales`` nor ``name``, and with the default anchors at this size the near-tied
+    scores of random weights make even the fp32 export keep other boxes than Keras does.
+    """
+    import keras
+
+    from edgeseg.artifacts import SIDECAR_VERSION, open_artifact
+    from edgeseg.cli import main
+    from edgeseg.models.maskrcnn.network import build_mobile_mask_rcnn
+
+    monkeypatch.setenv("EDGESEG_CACHE", str(tmp_path / "cache"))
+    keras.utils.set_random_seed(0)
+    model = build_mobile_mask_rcnn(
+        5, (64, 64, 3), alpha=0.35, fpn_channels=32, rpn_channels=32, box_fc=64,
+        mask_channels=16, proposals=20, max_detections=20, min_confidence=0.3,
+        anchor_scales=(16, 24, 32, 40, 48), name=name)
+    head = model.get_layer("box_head").get_layer("box_class_logits")
+    kernel, _ = head.get_weights()
+    head.set_weights([np.random.default_rng(0).normal(0, 0.5, kernel.shape).astype(np.float32),
+                      np.array([-3, 1, 0.5, 0, -0.5], np.float32)])
+    path = tmp_path / "m.keras"
+    model.save(path)
+    assert not (tmp_path / "run.json").exists()
+
+    out = tmp_path / f"m_{quant}.tflite"
+    code = main(["export", str(path), "--format", "tflite", "--quant", quant, "--calib",
+                 "synthetic?n_train=4&n_val=2&size=96x64", "--num-calib", "4", "--num-val", "2"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-3000:]
+    assert "Keras detections matched" in captured.out
+    report = json.loads(out.with_name(out.name + ".report.json").read_text())
+    assert report["task"] == "instance" and report["passed"]
+    check = report["validation"]
+    assert check["num_images"] == 2 and check["keras_detections"] > 0
+    if quant == "int8":
+        assert report["quant_mode"].startswith("int8 backbone")
+        assert check["matched"] > 0 and check["box_iou_mean"] > 0.5
+    else:
+        assert check["matched_fraction"] >= 0.85 and check["box_iou_min"] > 0.99
+    sidecar = json.loads(out.with_name(out.name + ".json").read_text())
+    assert sidecar["sidecar_version"] == SIDECAR_VERSION and sidecar["task"] == "instance"
+    assert sidecar["model"] == name and sidecar["output"] == "detections"
+    assert sidecar["input_size"] == [64, 64] and len(sidecar["classes"]) == 5
+    exported = open_artifact(out)
+    assert exported.task == "instance" and exported.quant == quant

@@ -21,12 +21,12 @@ from edgeseg.converters.onnx_export import (  # noqa: E402
     onnx_op_types,
     preferred_providers,
     run_onnx,
-    save_onnx_atomic,
 )
 from edgeseg.converters.tensorrt_export import (  # noqa: E402
     check_tensorrt_compatibility,
     unsupported_tensorrt_ops,
 )
+from edgeseg.io import write_bytes_atomic  # noqa: E402
 from edgeseg.models import build, list_models  # noqa: E402
 from tests.helpers import SMALL_MODELS, keras_predict, random_images  # noqa: E402
 
@@ -105,7 +105,7 @@ def test_opset_18_is_recorded_and_saved_model_runs(tmp_path):
     model = small_model("unet")
     proto = convert_keras_to_onnx(model, opset=18)
     assert default_opset(proto) == 18
-    path = save_onnx_atomic(proto, tmp_path / "unet.onnx")
+    path = write_bytes_atomic(tmp_path / "unet.onnx", proto.SerializeToString())
     assert onnx.load(path) == proto
     x = random_images(1, HEIGHT, WIDTH, seed=9)
     got = run_onnx(path, x[0], providers=["CPUExecutionProvider"])  # one (H, W, C) image
@@ -175,7 +175,7 @@ def test_preferred_providers_order_fastest_first():
 
 def test_atomic_save_round_trips(tmp_path):
     proto = tiny_graph_with_a_subgraph()
-    path = save_onnx_atomic(proto, tmp_path / "tiny.onnx")
+    path = write_bytes_atomic(tmp_path / "tiny.onnx", proto.SerializeToString())
     assert onnx.load(path) == proto
     assert os.listdir(tmp_path) == ["tiny.onnx"]
 
@@ -188,7 +188,7 @@ def test_failed_save_leaves_no_file_and_keeps_the_old_one(tmp_path, monkeypatch)
 
     monkeypatch.setattr(os, "fsync", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        save_onnx_atomic(proto, tmp_path / "new.onnx")
+        write_bytes_atomic(tmp_path / "new.onnx", proto.SerializeToString())
     assert os.listdir(tmp_path) == []  # neither the model nor a temporary file
 
     old = tmp_path / "old.onnx"
@@ -196,6 +196,6 @@ def test_failed_save_leaves_no_file_and_keeps_the_old_one(tmp_path, monkeypatch)
     monkeypatch.undo()  # fsync works again; fail at the rename instead
     monkeypatch.setattr(os, "replace", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        save_onnx_atomic(proto, old)
+        write_bytes_atomic(old, proto.SerializeToString())
     assert old.read_bytes() == b"previous model"
     assert os.listdir(tmp_path) == ["old.onnx"]

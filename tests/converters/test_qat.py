@@ -1,4 +1,5 @@
-"""Quantisation-aware training and pruning (edgeseg.converters.qat) against independent references.
+"""Quantisation-aware training and pruning (edgeseg.converters: tf_keras_twins, finetune, qat,
+pruning) against independent references.
 
 The tf_keras twin is checked against the Keras 3 model it was built from; the int8 TFLite models
 against the QAT model's own fake-quantised prediction and against the labels; sparsity against
@@ -23,7 +24,7 @@ for _package in ("tf_keras", "tensorflow_model_optimization"):
         pytest.skip(f'needs {_package}: pip install "edgeseg[train]"', allow_module_level=True)
 import tensorflow as tf  # noqa: E402
 
-from edgeseg.converters import qat  # noqa: E402
+from edgeseg.converters import finetune, pruning, qat, tf_keras_twins  # noqa: E402
 from edgeseg.models import build  # noqa: E402
 from tests.helpers import SMALL_MODELS, keras_predict, random_images  # noqa: E402
 
@@ -103,7 +104,9 @@ def check_full_int8(content: bytes):
 
 
 def test_import_needs_no_tensorflow():
-    code = "import sys, edgeseg.converters.qat; assert 'tensorflow' not in sys.modules"
+    code = ("import sys, edgeseg.converters.qat, edgeseg.converters.pruning, "
+            "edgeseg.converters.finetune, edgeseg.converters.tf_keras_twins; "
+            "assert 'tensorflow' not in sys.modules")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
 
@@ -111,7 +114,7 @@ def test_import_needs_no_tensorflow():
 def test_importing_tfmot_leaves_tf_keras_on_keras_3():
     if os.environ.get("TF_USE_LEGACY_KERAS"):
         pytest.skip("TF_USE_LEGACY_KERAS is set in this environment")
-    qat._import_tfmot()
+    tf_keras_twins.import_tfmot()
     assert "TF_USE_LEGACY_KERAS" not in os.environ
     assert tf.keras.version().startswith("3."), tf.keras.version()
 
@@ -132,7 +135,7 @@ def test_importing_tfmot_leaves_tf_keras_on_keras_3():
 )
 def test_tf_keras_twin_computes_the_same_function(name, options, shape):
     model = randomize(build(name, 5, (*shape, 3), **options))
-    twin = qat.to_tf_keras(model)
+    twin = tf_keras_twins.to_tf_keras(model)
     assert [layer.name for layer in twin.layers] == [layer.name for layer in model.layers]
     x = random_images(2, *shape, seed=1)
     want = keras_predict(model, x)
@@ -156,22 +159,22 @@ def test_to_tf_keras_names_a_layer_it_cannot_rebuild():
     inputs = keras.Input((8, 8, 3))
     model = keras.Model(inputs, Twice(name="twice")(inputs))
     with pytest.raises(ValueError, match="twice"):
-        qat.to_tf_keras(model)
+        tf_keras_twins.to_tf_keras(model)
 
 
 def test_from_tf_keras_round_trip_and_mismatch_error():
     model = randomize(build("unet", 5, (HEIGHT, WIDTH, 3), **TINY_UNET))
-    twin = qat.to_tf_keras(model)
+    twin = tf_keras_twins.to_tf_keras(model)
     target = build("unet", 5, (HEIGHT, WIDTH, 3), **TINY_UNET)
-    qat.from_tf_keras(twin, target)
+    tf_keras_twins.from_tf_keras(twin, target)
     for a, b in zip(model.weights, target.weights, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     wider = build("unet", 5, (HEIGHT, WIDTH, 3), filters=8, depth=2)
     with pytest.raises(ValueError, match="shape"):
-        qat.from_tf_keras(twin, wider)
+        tf_keras_twins.from_tf_keras(twin, wider)
     deeper = build("unet", 5, (HEIGHT, WIDTH, 3), filters=4, depth=3)
     with pytest.raises(ValueError, match="no source"):
-        qat.from_tf_keras(twin, deeper)
+        tf_keras_twins.from_tf_keras(twin, deeper)
 
 
 # --- loss ---------------------------------------------------------------------------------------
@@ -192,11 +195,11 @@ def test_masked_cross_entropy_matches_numpy():
     weight = valid * np.asarray(class_weights)[np.where(valid, labels, 0)] * pixel_weights
     want = -(picked * weight).sum() / weight.sum()
 
-    got = qat.masked_sparse_cross_entropy(labels, logits, pixel_weights, class_weights)
+    got = finetune.masked_sparse_cross_entropy(labels, logits, pixel_weights, class_weights)
     np.testing.assert_allclose(float(got), want, rtol=1e-5)
     plain = -(picked * valid).sum() / valid.sum()
     np.testing.assert_allclose(
-        float(qat.masked_sparse_cross_entropy(labels, logits)), plain, rtol=1e-5
+        float(finetune.masked_sparse_cross_entropy(labels, logits)), plain, rtol=1e-5
     )
 
 
@@ -206,7 +209,7 @@ def test_masked_cross_entropy_matches_numpy():
 def test_calibrate_ranges_fits_the_activations_and_restores_the_rest(synthetic):
     images, labels = synthetic
     model = randomize(build("unet", NUM_CLASSES, (HEIGHT, WIDTH, 3), **TINY_UNET))
-    qat_model = qat.quantize_aware(qat.to_tf_keras(model))
+    qat_model = qat.quantize_aware(tf_keras_twins.to_tf_keras(model))
     ranges = {
         v.name: v
         for v in qat_model.non_trainable_weights
@@ -290,7 +293,7 @@ def test_qat_enet_converts_to_full_int8_as_accurate_as_the_qat_model(synthetic):
     assert abs(accuracy_int8 - accuracy_qat) < 0.02
 
     # ...and come back as batch norms that compute the same.
-    fine_tuned = qat.from_tf_keras(qat_model, keras.models.clone_model(model))
+    fine_tuned = tf_keras_twins.from_tf_keras(qat_model, keras.models.clone_model(model))
     x = np.random.default_rng(3).normal(size=(2, HEIGHT // 2, WIDTH // 2, 16)).astype("float32")
     np.testing.assert_allclose(
         keras_predict(fine_tuned.get_layer("initial_bn"), x), x @ kernel + bias, atol=1e-5
@@ -305,7 +308,7 @@ def test_pruning_reaches_the_target_and_shrinks_the_compressed_int8_model(synthe
     images, labels = synthetic
     keras.utils.set_random_seed(0)
     model = randomize(build("unet", NUM_CLASSES, (HEIGHT, WIDTH, 3), **TINY_UNET))
-    pruned, content, report = qat.prune_finetune(
+    pruned, content, report = pruning.prune_finetune(
         model, batches(images, labels), epochs=3, target_sparsity=0.5, lr=1e-3
     )
     kernels = {

@@ -325,12 +325,14 @@ def test_run_engine_without_tensorrt_points_to_onnxruntime(tmp_path, without_ten
 def test_engines_match_keras(tmp_path):
     pytest.importorskip("tensorrt", reason="TensorRT is not installed (needs an NVIDIA GPU)")
     pytest.importorskip("tf2onnx")
-    from edgeseg.converters.onnx_export import convert_keras_to_onnx, save_onnx_atomic
+    from edgeseg.converters.onnx_export import convert_keras_to_onnx
+    from edgeseg.io import write_bytes_atomic
     from edgeseg.models import build
     from tests.helpers import SMALL_MODELS, keras_predict
 
     model = build("unet", 5, (45, 61, 3), **SMALL_MODELS["unet"])
-    onnx_path = save_onnx_atomic(convert_keras_to_onnx(model), tmp_path / "unet.onnx")
+    onnx_path = write_bytes_atomic(tmp_path / "unet.onnx",
+                                   convert_keras_to_onnx(model).SerializeToString())
     x = random_images(2, 45, 61, seed=4)
     want = keras_predict(model, x)
 

@@ -16,6 +16,7 @@ import flatbuffers
 import numpy as np
 import pytest
 
+from edgeseg.artifacts import SIDECAR_VERSION, read_sidecar, sidecar_path, write_sidecar
 from edgeseg.converters.tflite_metadata import (
     DEFAULT_NORMALISATION,
     EMBEDDED_JSON_NAME,
@@ -27,9 +28,6 @@ from edgeseg.converters.tflite_metadata import (
     read_associated_files,
     read_embedded_metadata,
     read_metadata_buffer,
-    read_sidecar,
-    sidecar_path,
-    write_sidecar,
 )
 from edgeseg.data.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, generate_scene
 
@@ -102,24 +100,34 @@ def test_normalisation_errors_name_what_is_accepted():
         normalisation_mean_std({"mean": [0], "std": [0]})
 
 
-def test_sidecar_round_trip_next_to_the_model(tmp_path):
+def test_default_normalisation_is_the_core_one_and_maps_to_pixels_over_255():
+    from edgeseg import artifacts
+
+    assert DEFAULT_NORMALISATION == artifacts.DEFAULT_NORMALISATION
+    mean, std = normalisation_mean_std(DEFAULT_NORMALISATION)
+    pixels = np.arange(256.0)
+    np.testing.assert_allclose((pixels - mean[0]) / std[0], pixels / 255.0, rtol=1e-12)
+    assert str(mean[0]) == "0.0"  # not -0.0 in the metadata
+
+
+def test_sidecar_of_build_metadata_round_trips_through_the_one_writer(tmp_path):
     tflite = tmp_path / "enet_int8.tflite"
     md = build_metadata("enet", ["a", "b"], (48, 32))
-    md["mean_iou"] = np.float32(0.5)  # NumPy values are written as plain JSON numbers
+    md["palette"] = np.array([[0, 0, 0], [255, 0, 0]], np.uint8)  # NumPy values: plain JSON
     path = write_sidecar(tflite, md)
     assert path == sidecar_path(tflite) == tmp_path / "enet_int8.tflite.json"
-    assert read_sidecar(tflite) == {**md, "mean_iou": 0.5}
+    want = {**md, "palette": [[0, 0, 0], [255, 0, 0]], "sidecar_version": SIDECAR_VERSION}
+    assert read_sidecar(tflite) == want
     assert json.loads(path.read_text())["classes"] == ["a", "b"]
 
     # Rewriting replaces the file; a failed write leaves the old one and no temporary file.
     write_sidecar(tflite, {**md, "classes": ["x", "y"]})
     assert read_sidecar(tflite)["classes"] == ["x", "y"]
-    with pytest.raises(TypeError, match="is not JSON"):
-        write_sidecar(tflite, {**md, "bad": object()})
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        write_sidecar(tflite, {**md, "classes": object()})
     assert read_sidecar(tflite)["classes"] == ["x", "y"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["enet_int8.tflite.json"]
-    with pytest.raises(FileNotFoundError, match=r"no metadata sidecar .*other\.tflite\.json"):
-        read_sidecar(tmp_path / "other.tflite")
+    assert read_sidecar(tmp_path / "other.tflite") is None
 
 
 # --- exported models -----------------------------------------------------------------------------

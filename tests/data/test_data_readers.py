@@ -238,6 +238,36 @@ def test_cityscapes_maps_label_ids_to_train_ids(tmp_path):
         assert tuple(label[0, :3]) == (0, 13, 255)
 
 
+def test_cityscapes_reads_16_bit_instance_ids_beside_the_labels(tmp_path):
+    stem = "aachen_000000_000019"
+    masks = tmp_path / "gtFine" / "val" / "aachen"
+    write_rgb(tmp_path / "leftImg8bit" / "val" / "aachen" / f"{stem}_leftImg8bit.png",
+              random_image(4, 9))
+    label_ids = np.full((4, 9), 7, np.uint8)
+    label_ids[1:3, 2:5] = 26
+    write_grey(masks / f"{stem}_gtFine_labelIds.png", label_ids)
+    instance_ids = label_ids.astype(np.uint16)
+    instance_ids[1:3, 2:4] = 26000  # car 0, and car 17 beside it
+    instance_ids[1:3, 4] = 26017
+    instance_ids[3, 8] = 33999  # beyond 8 bits: the file must be read as 16 bits
+    assert cv2.imwrite(str(masks / f"{stem}_gtFine_instanceIds.png"), instance_ids)
+
+    dataset = read_cityscapes(tmp_path, "val")
+
+    assert dataset.instance_ids_path(0) == masks / f"{stem}_gtFine_instanceIds.png"
+    got = dataset.read_instance_ids(0)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, instance_ids)
+    # dataset[i] is unchanged: (image, trainIds).
+    image, label = dataset[0]
+    assert image.shape == (4, 9, 3) and label.dtype == np.uint8 and label[1, 2] == 13
+
+    (masks / f"{stem}_gtFine_instanceIds.png").unlink()
+    assert not dataset.has_instance_ids()
+    with pytest.raises(DataError, match=r"gtFine/val/aachen/.*_instanceIds\.png does not exist"):
+        dataset.read_instance_ids(0)
+
+
 # ------------------------------------------------------------------ Pascal VOC
 
 

@@ -46,7 +46,7 @@ def test_parse(spec, expected):
         ("camvid", "needs a path after the colon, e.g. camvid:/data/CamVid"),
         ("cityscapes:", "leftImg8bit/<split>/<city>"),
         ("synthetic?n_trian=5", "unknown option 'n_trian=5'; accepted: n_train="),
-        ("synthetic?size=big", "size: expected <width>x<height>"),
+        ("synthetic?size=big", "size: the value must be WIDTHxHEIGHT in pixels, such as 640x360"),
         ("synthetic?n_val=-1", "n_val: expected a whole number"),
         ("camvid?n_train=1", "only 'synthetic' without a path takes \\?options"),
     ],

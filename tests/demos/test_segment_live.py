@@ -10,8 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-from edgeseg.demos.segment_live import STAGES, VIEWS, main, run_demo
+from edgeseg.demos.segment_live import main, run_demo
 from edgeseg.runtime import Segmenter, load_predictor
+from edgeseg.runtime.draw import VIEWS
+from edgeseg.runtime.live import STAGES
 from edgeseg.video import open_source
 from tests.video.fakes import (
     FakeCaptureFactory,

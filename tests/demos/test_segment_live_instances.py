@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from edgeseg.demos.segment_live import VIEWS, run_demo
+from edgeseg.demos.segment_live import run_demo
 from edgeseg.runtime import InstanceSegmenter, load_predictor
+from edgeseg.runtime.draw import VIEWS
 from tests.runtime.test_instances_runtime import FakeDetector, mask_rcnn_files, padded_outputs
 from tests.video.fakes import (
     FakePredictor,

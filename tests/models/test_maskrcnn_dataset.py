@@ -3,14 +3,9 @@
 import numpy as np
 import pytest
 
-from edgeseg.data import DataError, write_synthetic
-from edgeseg.models.maskrcnn.dataset import (
-    frame_boxes,
-    mask_boxes,
-    open_instances,
-    prepare_instances,
-    resize_square,
-)
+from edgeseg.data import DataError, open_instances, write_synthetic
+from edgeseg.instances import frame_boxes, mask_boxes, resize_square
+from edgeseg.models.maskrcnn.dataset import prepare_instances
 from edgeseg.models.maskrcnn.ops import denormalize_boxes
 
 

@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from edgeseg.data import write_synthetic
-from edgeseg.models.maskrcnn.dataset import open_instances, prepare_instances
-from edgeseg.models.maskrcnn.evaluate import evaluate_instances
+from edgeseg.data import open_instances, write_synthetic
+from edgeseg.instances import evaluate_instances
+from edgeseg.models.maskrcnn.dataset import prepare_instances
 from edgeseg.models.maskrcnn.targets import crop_and_resize_masks
-from edgeseg.models.maskrcnn.train import _split_options, flip_sample, square_size
+from edgeseg.train.instance import flip_sample, split_options, square_size
 
 SMALL = {"alpha": 0.35, "fpn_channels": 32, "rpn_channels": 32, "box_fc": 64,
          "mask_channels": 16, "train_rois": 16, "train_proposals": 32, "train_pre_nms": 200,
@@ -59,7 +59,7 @@ def test_flip_mirrors_boxes_and_masks_inside_the_window(synthetic_root):
     flipped = flip_sample(sample)
     width = sample.window[1]
     np.testing.assert_array_equal(flipped.masks[:, :, :width], sample.masks[:, :, :width][..., ::-1])
-    from edgeseg.models.maskrcnn.dataset import mask_boxes
+    from edgeseg.instances import mask_boxes
     from edgeseg.models.maskrcnn.ops import normalize_boxes
 
     np.testing.assert_allclose(flipped.boxes, normalize_boxes(mask_boxes(flipped.masks), 64),
@@ -71,14 +71,14 @@ def test_options_and_sizes_are_checked():
     with pytest.raises(ValueError, match="multiple of 32"):
         square_size((256, 192))
     with pytest.raises(ValueError, match="unknown mobile_mask_rcnn option"):
-        _split_options({"filters": 3})
-    model, training = _split_options({"alpha": 0.5, "train_rois": 8})
+        split_options({"filters": 3})
+    model, training = split_options({"alpha": 0.5, "train_rois": 8})
     assert model == {"alpha": 0.5} and training["train_rois"] == 8 and training["train_bn"]
 
 
 @pytest.mark.slow
 def test_training_lowers_the_loss_writes_the_run_and_resumes(synthetic_root, tmp_path):
-    from edgeseg.evaluate import load_keras_model
+    from edgeseg.models.loading import load_keras_model
     from edgeseg.train.trainer import TrainConfig, train
 
     out = tmp_path / "run"

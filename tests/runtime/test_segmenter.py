@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edgeseg.runtime import Segmenter, default_palette
+from edgeseg.palette import voc_palette as default_palette
+from edgeseg.runtime import Segmenter
 from edgeseg.runtime.predictor import Predictor
 
 

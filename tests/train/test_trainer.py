@@ -102,7 +102,8 @@ def test_kill_9_mid_epoch_then_resume_loses_no_finished_epoch(synthetic_root, tm
 def test_a_nan_loss_stops_training_with_a_clear_message():
     import keras
 
-    from edgeseg.train.trainer import NaNGuard, TrainingError
+    from edgeseg.train.run import TrainingError
+    from edgeseg.train.semantic import NaNGuard
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -115,12 +116,12 @@ def test_a_nan_loss_stops_training_with_a_clear_message():
 
 def test_transfer_learning_copies_all_but_the_resized_classifier():
     from edgeseg.models import build
-    from edgeseg.train.trainer import replace_classifier
+    from edgeseg.train.run import transfer_weights
 
     source = build("unet", 7, (32, 48, 3), filters=4, depth=2)
     target = build("unet", 3, (32, 48, 3), filters=4, depth=2)
     fresh_classifier = [w.copy() for w in target.get_layer("classifier").get_weights()]
-    copied = replace_classifier(source, target)
+    copied = transfer_weights(source, target)
     assert copied == sum(1 for layer in source.layers if layer.weights) - 1
     for layer in target.layers:
         if layer.weights and layer.name != "classifier":

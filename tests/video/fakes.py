@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
 
 from edgeseg.data.synthetic import SceneSequence
+from edgeseg.runtime.predictor import Predictor
 
 
 class FakeCapture:
@@ -79,34 +81,34 @@ class FakeCaptureFactory:
         return capture
 
 
-class FakePredictor:
-    """A predictor with the interface ``Segmenter`` needs, whose labels follow the red channel.
+class FakePredictor(Predictor):
+    """A semantic predictor (``edgeseg.runtime.Predictor``) whose labels follow the red channel.
 
     ``delay`` seconds of "inference"; ``intervals`` records each call's (start, end); the call
     numbered ``interrupt_at`` (1-based) raises KeyboardInterrupt, as Ctrl-C would.
     """
 
-    classes = ["sky", "ground", "vegetation", "disc", "ellipse", "box", "triangle"]
+    format = "fake"
+    CLASSES = ["sky", "ground", "vegetation", "disc", "ellipse", "box", "triangle"]
 
     def __init__(self, input_size: tuple[int, int] = (32, 24), delay: float = 0.0,
                  interrupt_at: int | None = None):
-        self.path = "fake.tflite"
+        super().__init__(Path("fake.tflite"), {
+            "classes": self.CLASSES, "normalisation": {"scale": 1 / 255, "offset": 0.0}})
         self.input_size = input_size
-        self.metadata = {"classes": self.classes}
-        self.normalisation = {"scale": 1 / 255, "offset": 0.0}
         self.delay = delay
         self.interrupt_at = interrupt_at
         self.calls = 0
         self.intervals: list[tuple[float, float]] = []
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, batch: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
         self.calls += 1
         if self.interrupt_at is not None and self.calls >= self.interrupt_at:
             raise KeyboardInterrupt
         if self.delay:
             time.sleep(self.delay)
-        labels = np.clip(batch[..., 0] * len(self.classes), 0, len(self.classes) - 1)
+        labels = np.clip(batch[..., 0] * len(self.CLASSES), 0, len(self.CLASSES) - 1)
         self.intervals.append((start, time.perf_counter()))
         return labels.astype(np.uint8)
 

@@ -13,12 +13,14 @@ from edgeseg.video import (
     DisplaySink,
     ImageFolderSink,
     NullSink,
+    SinkError,
     VideoFileSink,
+    as_sink,
     display_unavailable_reason,
     open_sink,
 )
 from edgeseg.video import sinks as sinks_module
-from tests.video.fakes import decode_all, read_png, scene_frames
+from tests.video.fakes import ScriptedSink, decode_all, read_png, scene_frames
 
 linux_only = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="the $DISPLAY check is for Linux"
@@ -149,3 +151,36 @@ def test_display_probe_survives_an_unreachable_display(monkeypatch):
     reason = display_unavailable_reason(probe=True)
     # OpenCV's Qt backend would abort this process here; the probe's child takes the hit.
     assert reason is not None and "DISPLAY=:87" in reason
+
+
+def test_as_sink_opens_a_spec_and_closes_what_it_is_given(tmp_path):
+    frame = scene_frames(1)[0]
+    with as_sink(None) as sink:
+        sink.write(frame)
+    assert sink.closed and sink.frames == 1
+    scripted = ScriptedSink()
+    with as_sink(scripted) as sink:
+        assert sink is scripted
+    assert scripted.closed
+    with as_sink(tmp_path / "out") as sink:
+        sink.write(frame)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["000000.png"]
+    np.testing.assert_array_equal(read_png(tmp_path / "out" / "000000.png"), frame)
+
+
+def test_a_video_that_cannot_be_encoded_leaves_no_file(tmp_path, monkeypatch):
+    class NoEncoder:  # what cv2.VideoWriter is without the codec
+        fourcc = staticmethod(cv2.VideoWriter.fourcc)
+
+        def __init__(self, *args):
+            pass
+
+        def isOpened(self) -> bool:
+            return False
+
+    monkeypatch.setattr(sinks_module.cv2, "VideoWriter", NoEncoder)
+    sink = open_sink(str(tmp_path / "out.mp4"))
+    with pytest.raises(SinkError, match="no 'mp4v' encoder for .mp4"):
+        sink.write(scene_frames(1)[0])
+    sink.close()
+    assert list(tmp_path.iterdir()) == []

@@ -15,6 +15,7 @@ from edgeseg.video import (
     SourceError,
     SyntheticSource,
     VideoFileSource,
+    as_source,
     open_source,
     to_rgb_frame,
 )
@@ -273,3 +274,16 @@ def test_camera_that_does_not_open_says_so():
     with pytest.raises(SourceError, match=r"no camera at index 0 \(/dev/video0\): it could not be"):
         open_source(0, capture_factory=factory)
     assert factory.captures[0].released
+
+
+def test_as_source_opens_a_spec_and_closes_what_it_is_given():
+    with as_source("synthetic?size=32x16&frames=3&live=0") as source:
+        assert [f.shape for f in source] == [(16, 32, 3)] * 3
+    assert source.closed
+    opened = open_source("synthetic?frames=1&live=0")
+    with as_source(opened) as source:
+        assert source is opened
+    assert opened.closed
+    frames = scene_frames(2)
+    with as_source(frames) as source:  # a list has nothing to close
+        assert source is frames

@@ -13,35 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeseg.data import CocoInstances, DataError, parse_dataset_spec, read_coco_instances
-from edgeseg.data.synthetic import ensure_synthetic
-from edgeseg.instances import frame_boxes, mask_boxes, resize_square
+from edgeseg.instances import mask_boxes, resize_square
 from edgeseg.models.maskrcnn.ops import normalize_boxes
 
-__all__ = ["InstanceSample", "frame_boxes", "mask_boxes", "open_instances", "prepare_instances",
-           "resize_square"]
-
-INSTANCE_FORMATS = ("coco", "synthetic")
-
-
-def open_instances(spec: str, split: str = "train") -> CocoInstances:
-    """The instances of a data spec: ``coco:PATH``, ``synthetic``, ``synthetic?...`` or
-    ``synthetic:PATH`` (the synthetic scenes' COCO annotations).
-
-    Raises:
-        DataError: a spec of a format without instance annotations, naming the accepted ones.
-    """
-    name, path, options = parse_dataset_spec(spec)
-    if name not in INSTANCE_FORMATS:
-        raise DataError(
-            f"dataset spec {spec!r}: instance segmentation needs instance annotations, which "
-            f"{name!r} does not have; accepted: coco:PATH (COCO instances json, polygons or "
-            "RLE), synthetic, synthetic?n_train=..., synthetic:PATH"
-        )
-    if name == "synthetic" and path is None:
-        path = ensure_synthetic(**options)
-    return read_coco_instances(path, split)
-
+__all__ = ["InstanceSample", "prepare_instances"]
 
 @dataclass
 class InstanceSample:

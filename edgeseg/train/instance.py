@@ -1,33 +1,54 @@
-"""Training the mobile Mask R-CNN (``edgeseg train --model mobile_mask_rcnn``).
+"""Instance segmentation training: the mobile Mask R-CNN (``edgeseg train`` of an instance model).
 
-Each step, as matterport's training graph: the RPN is trained on anchor targets computed from
-the GT boxes (``targets.rpn_targets``); the current RPN's proposals, with the GT boxes added
-(as Detectron does, so that the heads see positives from the first step), are sampled into
-training ROIs with class, box and mask targets (``targets.detection_targets``); the heads are
-trained on those ROIs. Targets are NumPy; the forward / backward pass is one compiled
-TensorFlow function. The loss is the sum of the five losses of the paper (RPN class and box,
-head class and box, mask binary cross-entropy).
+The task's part of ``edgeseg train``. Each step, as matterport's training graph: the RPN is
+trained on anchor targets computed from the GT boxes (``targets.rpn_targets``); the current
+RPN's proposals, with the GT boxes added (as Detectron does, so that the heads see positives
+from the first step), are sampled into training ROIs with class, box and mask targets
+(``targets.detection_targets``); the heads are trained on those ROIs. Targets are NumPy; the
+forward / backward pass is one compiled TensorFlow function. The loss is the sum of the five
+losses of the paper (RPN class and box, head class and box, mask binary cross-entropy); the
+validation metric is COCO mask AP50.
 
-The run directory is the one of ``edgeseg train``: ``best.keras`` (the inference model with the
-best validation mask AP50), ``last.keras`` and ``last.optimizer.npz`` (the optimizer state),
-``run.json`` with the losses and COCO AP of every epoch. Files are written atomically; a killed
-run continues from its last finished epoch with ``--resume``.
+The run directory, resume, checkpoints, optimizer, ``--init-from`` and the time budget are
+:mod:`edgeseg.train.run`'s, shared with semantic training; the optimizer state, which lives
+outside a compiled Keras model here, is kept beside ``last.keras`` in ``last.optimizer.npz``.
+The model side (network, targets, losses, configuration) is :mod:`edgeseg.models.maskrcnn`'s.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import asdict, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgeseg.artifacts import DEFAULT_NORMALISATION
+from edgeseg.data import open_instances
+from edgeseg.data.check import check_instances, check_samples
+from edgeseg.instances import evaluate_instances
+from edgeseg.io import atomic_path, save_keras_atomic
+from edgeseg.models.loading import load_keras_model
 from edgeseg.models.maskrcnn.config import RECIPE, MaskRCNNConfig
-from edgeseg.models.maskrcnn.dataset import InstanceSample, open_instances, prepare_instances
+from edgeseg.models.maskrcnn.dataset import InstanceSample, prepare_instances
+from edgeseg.models.maskrcnn.evaluate import keras_predictor
+from edgeseg.train.run import (
+    RunDirectory,
+    TimeBudget,
+    TrainingError,
+    check_finite_loss,
+    describe_transfer,
+    make_optimizer,
+    open_init_from,
+    plural,
+    transfer_weights,
+)
 
-MODEL_NAME = "mobile_mask_rcnn"
+if TYPE_CHECKING:
+    from edgeseg.train.trainer import TrainConfig
+
+METRIC = "mask_AP50"
 # Training-only options (``--option key=value``), with matterport's values as defaults.
 TRAIN_OPTIONS = {
     "rpn_train_anchors": RECIPE["rpn_train_anchors"],
@@ -52,7 +73,7 @@ def _all_layers(model):
             yield from _all_layers(layer)
 
 
-def _split_options(options: dict) -> tuple[dict, dict]:
+def split_options(options: dict) -> tuple[dict, dict]:
     model_fields = {f.name for f in fields(MaskRCNNConfig)} - {"num_classes", "image_size"}
     unknown = set(options) - model_fields - set(TRAIN_OPTIONS)
     if unknown:
@@ -94,7 +115,7 @@ def flip_sample(sample: InstanceSample) -> InstanceSample:
                           sample.image_id)
 
 
-def _padded_gt(sample: InstanceSample, max_gt: int):
+def padded_gt(sample: InstanceSample, max_gt: int):
     n = min(len(sample.boxes), max_gt)
     size = sample.image.shape[0]
     boxes = np.zeros((max_gt, 4), np.float32)
@@ -112,16 +133,13 @@ class MaskRCNNTrainer:
 
         from edgeseg.models.maskrcnn.network import (
             ProposalLayer,
-            build_box_head,
-            build_mask_head,
-            build_trunk,
             freeze_backbone,
         )
         from edgeseg.models.maskrcnn.ops import ROIAlign
 
         self.config, self.training, self.optimizer = config, training, optimizer
         if parts is None:
-            parts = build_trunk(config), build_box_head(config), build_mask_head(config)
+            parts = fresh_parts(config)
         self.trunk, self.box_head, self.mask_head = parts
         freeze_backbone(self.trunk, training["freeze"], train_bn=bool(training["train_bn"]))
         if training["train_bn"]:
@@ -203,7 +221,7 @@ class MaskRCNNTrainer:
 
         t = self.training
         images = np.stack([s.image for s in samples]).astype(np.float32) / 255.0
-        gts = [_padded_gt(s, int(t["max_gt"])) for s in samples]
+        gts = [padded_gt(s, int(t["max_gt"])) for s in samples]
         rpn = [rpn_targets(self.anchors, g[0], int(t["rpn_train_anchors"]), rng=rng) for g in gts]
         if self._step is None:
             self._compile(len(samples))
@@ -229,19 +247,18 @@ class MaskRCNNTrainer:
 # --- files --------------------------------------------------------------------------------------
 
 
-def _save_optimizer_atomic(optimizer, path: Path) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    with open(tmp, "wb") as handle:
+def save_optimizer_atomic(optimizer, path: Path) -> None:
+    """The optimizer's variables (step count, moments) as an .npz, written atomically."""
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
         np.savez(handle, *[np.asarray(v) for v in optimizer.variables])
-    os.replace(tmp, path)
 
 
-def _load_optimizer(optimizer, variables, path: Path) -> None:
+def load_optimizer(optimizer, variables, path: Path) -> None:
     optimizer.build(variables)
     with np.load(path) as saved:
         values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
     if len(values) != len(optimizer.variables):
-        raise RuntimeError(
+        raise TrainingError(
             f"--resume: {path} holds {len(values)} optimizer variables, the model needs "
             f"{len(optimizer.variables)}; was the run started with other options?"
         )
@@ -249,152 +266,139 @@ def _load_optimizer(optimizer, variables, path: Path) -> None:
         variable.assign(value)
 
 
-def make_optimizer(name: str, lr: float, momentum: float, weight_decay: float):
-    import keras
+# --- data ---------------------------------------------------------------------------------------
 
-    if name == "sgd":
-        return keras.optimizers.SGD(lr, momentum=momentum, weight_decay=weight_decay)
-    if name == "adam":
-        return keras.optimizers.AdamW(lr, weight_decay=weight_decay)
-    raise ValueError(f"optimizer must be sgd or adam, got {name!r}")
+
+def load_samples(instances, size: int, skip_bad: bool, progress: bool) -> list[InstanceSample]:
+    """Every training image at the model's size, decoded and checked before the first step.
+
+    A bad image (unreadable, of another size than its annotations, an unknown category) stops
+    the run with one line naming it, or with ``skip_bad`` is left out and counted in
+    ``instances.skipped``. Images without an instance are left out: they train nothing.
+    """
+    prepared: dict[int, InstanceSample] = {}
+
+    def prepare(i: int) -> None:
+        prepared[i] = prepare_instances(instances[i], size)
+
+    files = [instances.image_files(i) for i in range(len(instances))]
+    # Every image is decoded here anyway, so there is nothing to remember between runs.
+    bad = check_samples(files, prepare, label=f"loading {instances.index.annotation_file.name}",
+                        skip_bad=skip_bad, cache_path=None, progress=progress)
+    instances.skipped.extend((str(files[i][0]), message) for i, message in bad)
+    return [prepared[i] for i in sorted(prepared) if len(prepared[i].boxes)]
 
 
 # --- the run ------------------------------------------------------------------------------------
 
 
-def train_mask_rcnn(config) -> dict:
-    """Runs (or resumes) a Mask R-CNN run from an ``edgeseg.train.trainer.TrainConfig``."""
-    import keras
-
-    from edgeseg.evaluate import load_keras_model, write_json_atomic
-    from edgeseg.models.maskrcnn.evaluate import evaluate_instances, keras_predictor
-    from edgeseg.train.trainer import TrainingError, save_model_atomic
-
+def train_instance(config: TrainConfig) -> dict:
+    """Runs (or resumes) instance training from a ``TrainConfig``; returns the run record."""
     size = square_size(config.size)
-    model_options, training = _split_options(dict(config.model_options))
+    model_options, training = split_options(dict(config.model_options))
     optimizer_name = config.optimizer or RECIPE["optimizer"]
     lr = config.lr if config.lr is not None else RECIPE["lr"]
     momentum = config.momentum if config.momentum is not None else RECIPE["momentum"]
     weight_decay = config.weight_decay if config.weight_decay is not None else RECIPE["weight_decay"]
     batch = config.batch or 2
+    run = RunDirectory(config.out, config.model, "instance", METRIC, resume=config.resume)
 
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    record_path, last_path = out / "run.json", out / "last.keras"
-    best_path, optimizer_path = out / "best.keras", out / "last.optimizer.npz"
-    record = None
-    if config.resume and record_path.is_file() and last_path.is_file():
-        record = json.loads(record_path.read_text())
-        if record["model"] != MODEL_NAME:
-            raise TrainingError(f"--resume: {out} holds a {record['model']} run, not {MODEL_NAME}")
-    elif config.resume:
-        print(f"--resume: no finished epoch in {out} yet; starting from the beginning")
-    elif last_path.exists():
-        raise TrainingError(
-            f"{out} already holds a run (last.keras); pass --resume to continue it or choose "
-            "another --out"
-        )
-
-    keras.utils.set_random_seed(config.seed)
-    rng = np.random.default_rng(config.seed + (len(record["epochs"]) if record else 0))
+    progress = bool(config.verbose)
     train_set = open_instances(config.data, "train")
     val_set = open_instances(config.data, config.val_split)
-    num_classes = train_set.num_classes
-    samples = [prepare_instances(train_set[i], size) for i in range(len(train_set))]
-    samples = [s for s in samples if len(s.boxes)]
+    run.check_classes(list(train_set.classes))
+    init = open_init_from(config.init_from, "instance") if config.init_from else None
+    samples = load_samples(train_set, size, config.skip_bad, progress)
+    # The images validation reads each epoch, checked now rather than after the first epoch.
+    val_set = check_instances(val_set, int(training["eval_images"]), skip_bad=config.skip_bad,
+                              progress=progress)
+    for split, instances in (("train", train_set), (config.val_split, val_set)):
+        if instances.skipped:
+            print(f"--skip-bad: left out {plural(len(instances.skipped), 'bad image')} of "
+                  f"{split} (listed in run.json); the first: {instances.skipped[0][1]}")
     if not samples:
         raise TrainingError(f"{config.data}: no training image has an instance")
+    num_classes = train_set.num_classes
 
+    import keras
+
+    keras.utils.set_random_seed(config.seed)
+    rng = np.random.default_rng(config.seed + run.epochs_done)
     optimizer = make_optimizer(optimizer_name, lr, momentum, weight_decay)
     model_config = MaskRCNNConfig(num_classes=num_classes, image_size=(size, size),
                                   **model_options)
+    optimizer_path = run.path("last.optimizer.npz")
     parts = None
-    if record is not None:
-        saved = load_keras_model(last_path, compile=False)
-        parts = tuple(saved.get_layer(n) for n in ("trunk", "box_head", "mask_head"))
-    elif config.init_from:
-        source = load_keras_model(config.init_from, compile=False)
-        parts = _init_parts(source, model_config)
+    if run.resuming:
+        saved = load_keras_model(run.last_path, compile=False)
+        parts = tuple(saved.get_layer(n) for n in PART_NAMES)
+    elif init is not None:
+        parts = fresh_parts(model_config)
+        source = load_keras_model(init.path, compile=False)
+        copied = sum(transfer_weights(source.get_layer(part.name), part) for part in parts)
+        print(describe_transfer(config.init_from, init, copied, num_classes))
     trainer = MaskRCNNTrainer(model_config, training, optimizer, parts)
-    if record is not None:
-        _load_optimizer(optimizer, trainer.variables, optimizer_path)
-    else:
-        record = {
-            "config": {**asdict(config), "size": list(config.size)},
-            "model": MODEL_NAME,
-            "model_config": {k: v for k, v in asdict(model_config).items()},
-            "training": training,
-            "optimizer": {"name": optimizer_name, "lr": lr, "momentum": momentum,
-                          "weight_decay": weight_decay, "batch": batch},
-            "classes": list(train_set.classes),
-            "size": [size, size],
-            "normalisation": {"scale": 1 / 255.0, "offset": 0.0},
-            "num_train": len(samples),
-            "num_val": len(val_set),
-            "epochs": [],
-            "best": None,
-        }
-        write_json_atomic(record_path, record)
+    if run.resuming:
+        load_optimizer(optimizer, trainer.variables, optimizer_path)
+    record = run.start({
+        "config": {**asdict(config), "size": [size, size]},
+        "model": config.model,
+        "model_config": asdict(model_config),
+        "training": training,
+        "optimizer": {"name": optimizer_name, "lr": lr, "momentum": momentum,
+                      "weight_decay": weight_decay, "batch": batch},
+        "classes": list(train_set.classes),
+        "size": [size, size],
+        "normalisation": DEFAULT_NORMALISATION,
+        "num_train": len(samples),
+        "num_val": len(val_set),
+        "skipped": {"train": [list(s) for s in train_set.skipped],
+                    config.val_split: [list(s) for s in val_set.skipped]},
+    })
+    if not run.epochs_left(config.epochs):
+        return record
+
+    def save(path: Path) -> None:
+        save_keras_atomic(trainer.inference_model(), path)
+        if path == run.last_path:
+            save_optimizer_atomic(optimizer, optimizer_path)
 
     steps = config.steps_per_epoch or max(1, len(samples) // batch)
-    started = time.time()
-    for epoch in range(len(record["epochs"]), config.epochs):
+    budget = TimeBudget(config.max_minutes)
+    for epoch in range(run.epochs_done + 1, config.epochs + 1):
         epoch_started = time.time()
         totals: dict[str, float] = {}
-        for _ in range(steps):
+        for step in range(steps):
             chosen = [samples[i] for i in rng.choice(len(samples), batch, replace=False)]
             chosen = [flip_sample(s) if rng.random() < 0.5 else s for s in chosen]
             losses = trainer.train_step(chosen, rng)
-            if not np.isfinite(losses["loss"]):
-                raise TrainingError(
-                    f"epoch {epoch + 1}: the loss is {losses['loss']} ({losses}); lower --lr "
-                    "(matterport: 1e-3 with SGD) or check the data"
-                )
+            check_finite_loss(losses["loss"], epoch, step, detail=f" ({losses})",
+                              hint=" (matterport: 1e-3 with SGD)")
             for key, value in losses.items():
                 totals[key] = totals.get(key, 0.0) + value / steps
         train_seconds = time.time() - epoch_started
         predict = keras_predictor(trainer.inference_model(training["eval_min_confidence"]))
         scores = evaluate_instances(predict, val_set, size, limit=int(training["eval_images"]))
-        entry = {"epoch": epoch + 1, **{k: round(v, 5) for k, v in totals.items()},
-                 **{k: v for k, v in scores.items()}, "seconds": round(time.time() - epoch_started, 1),
+        entry = {"epoch": epoch, **{k: round(v, 5) for k, v in totals.items()}, **scores,
+                 "seconds": round(time.time() - epoch_started, 1),
                  "images_per_second": round(steps * batch / train_seconds, 3)}
-        save_model_atomic(trainer.inference_model(), last_path)
-        _save_optimizer_atomic(optimizer, optimizer_path)
-        best = record["best"]
-        if best is None or scores["mask_AP50"] > best["mask_AP50"]:
-            save_model_atomic(trainer.inference_model(), best_path)
-            record["best"] = {"epoch": epoch + 1, **scores}
-        record["epochs"].append(entry)
-        record["wall_seconds"] = record.get("wall_seconds", 0) + time.time() - epoch_started
-        write_json_atomic(record_path, record)
+        run.end_epoch(entry, scores, save)
         if config.verbose:
-            print(f"epoch {epoch + 1}: loss {totals['loss']:.3f} (rpn {totals['rpn_class']:.3f} / "
+            print(f"epoch {epoch}: loss {totals['loss']:.3f} (rpn {totals['rpn_class']:.3f} / "
                   f"{totals['rpn_box']:.3f}, heads {totals['class']:.3f} / {totals['box']:.3f}, "
                   f"mask {totals['mask']:.3f})  box AP50 {100 * scores['box_AP50']:.1f}  mask "
                   f"AP50 {100 * scores['mask_AP50']:.1f}  mask AP {100 * scores['mask_AP']:.1f}  "
                   f"({entry['seconds']:.0f} s)", flush=True)
-        if config.max_minutes is not None and time.time() - started > 60 * config.max_minutes:
-            print(f"--max-minutes {config.max_minutes}: stopping after epoch {epoch + 1}")
+        if budget.spent(epoch):
             break
-    return record
+    return run.record
 
 
-def _init_parts(source, config: MaskRCNNConfig):
-    """Fresh parts with the weights of a trained Mask R-CNN where the shapes agree.
+PART_NAMES = ("trunk", "box_head", "mask_head")
 
-    The classifier, box and mask outputs keep their fresh weights when the class count differs
-    (fine-tuning on other classes).
-    """
+
+def fresh_parts(config: MaskRCNNConfig):
+    """The trunk, box head and mask head, freshly initialised."""
     from edgeseg.models.maskrcnn.network import build_box_head, build_mask_head, build_trunk
 
-    parts = build_trunk(config), build_box_head(config), build_mask_head(config)
-    for part in parts:
-        old = source.get_layer(part.name)
-        for layer in part.layers:
-            try:
-                weights = old.get_layer(layer.name).get_weights()
-            except ValueError:
-                continue
-            if [w.shape for w in weights] == [w.shape for w in layer.get_weights()]:
-                layer.set_weights(weights)
-    return parts
+    return build_trunk(config), build_box_head(config), build_mask_head(config)

@@ -1,0 +1,342 @@
+"""The bookkeeping of a live segmentation loop: stage times, keys, how it ended, the summary.
+
+A demo loop stays a loop (``demos/segment_live.py``); :class:`LiveRun` is what it measures and
+what the keys change::
+
+    run = LiveRun(view="overlay")
+    with (
+        open_source("0") as frames,
+        open_sink("display") as sink,
+        Prefetcher(frames, segmenter.preprocess) as prefetched,
+        run,
+    ):
+        while not run.finished and (item := prefetched.get()) is not None:
+            run.begin_frame(item)
+            with run.stage("inference"):
+                outputs = segmenter.infer(item.prepared[0])
+            ...
+            run.end_frame(result)
+            run.handle_keys(sink, drawer, canvas)
+    print(format_summary(run.summary(model, "0", "display", segmenter, prefetched, sink)))
+
+As a context manager, a :class:`LiveRun` ends the loop cleanly on Ctrl-C, on a source failing
+(``SourceError``) and on any other error, which :meth:`LiveRun.raise_error` raises again once
+the summary is out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeseg.runtime.draw import VIEWS, FrameDrawer
+from edgeseg.runtime.instances import InstanceSegmenter, is_instance_model
+from edgeseg.runtime.predictor import load_predictor
+from edgeseg.runtime.segmenter import RESIZE_MODES, Segmenter
+from edgeseg.video import PrefetchedFrame, SourceError, write_image
+
+__all__ = ["KEYS", "STAGES", "LiveRun", "StageTimes", "describe", "format_summary",
+           "open_segmenter"]
+
+STAGES = ("capture", "preprocess", "inference", "postprocess", "draw", "output", "total")
+"""Per-frame stages, in ms. capture: waiting for the source's frame; draw: composing the view,
+legend and heads-up line; output: the sink's write; total: capture start to output done (the
+frame's latency through the pipeline, including time queued between the two threads)."""
+KEYS = {"q": "quit", "\x1b": "quit", " ": "pause", "m": "view", "s": "snapshot"}
+HUD_WINDOW = 30  # frames the heads-up line's figures are taken over
+
+
+def open_segmenter(model: Any, threads: int | None = None,
+                   resize: str = "resize") -> Segmenter | InstanceSegmenter:
+    """The segmenter for a model file, a predictor, or a segmenter (returned as it is).
+
+    The model's task decides (``is_instance_model``: the artifact's outputs, never a name): an
+    instance model runs through an :class:`InstanceSegmenter`, which pads to its square input
+    whatever ``resize`` says; any other through a :class:`Segmenter`.
+    """
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}; got {resize!r}")
+    if isinstance(model, Segmenter | InstanceSegmenter):
+        return model
+    if isinstance(model, str | os.PathLike):
+        model = load_predictor(model, threads=threads)
+    if is_instance_model(model):
+        return InstanceSegmenter(model)
+    return Segmenter(model, resize=resize)
+
+
+def describe(thing: Any) -> str:
+    """A spec, a path, or what an object is, for a summary."""
+    if thing is None:
+        return "none"
+    if isinstance(thing, int):
+        return str(thing)
+    if isinstance(thing, str | os.PathLike):
+        return os.fspath(thing)
+    if isinstance(thing, Segmenter | InstanceSegmenter):
+        thing = thing.predictor
+    return str(getattr(thing, "spec", None) or getattr(thing, "path", None)
+               or type(thing).__name__)
+
+
+class StageTimes:
+    """Per-frame stage times (ms), with the rolling figures the heads-up line shows."""
+
+    def __init__(self):
+        self.ms: dict[str, list[float]] = {stage: [] for stage in STAGES}
+        self._done: deque[float] = deque(maxlen=HUD_WINDOW)
+
+    def add(self, times: dict[str, float], done: float) -> None:
+        for stage in STAGES:
+            self.ms[stage].append(times[stage])
+        self._done.append(done)
+
+    def __len__(self) -> int:
+        return len(self.ms["total"])
+
+    def hud(self) -> str:
+        """fps and median stage times over the last ``HUD_WINDOW`` frames."""
+        if len(self._done) < 2:
+            return "measuring..."
+        fps = (len(self._done) - 1) / max(self._done[-1] - self._done[0], 1e-9)
+        recent = {s: float(np.median(v[-HUD_WINDOW:])) for s, v in self.ms.items()}
+        return (
+            f"{fps:.1f} fps | cap {recent['capture']:.1f} pre {recent['preprocess']:.1f} "
+            f"inf {recent['inference']:.1f} post {recent['postprocess']:.1f} "
+            f"draw {recent['draw']:.1f} ms"
+        )
+
+    def summary(self) -> dict[str, dict[str, float] | None]:
+        """median and p90 of each stage over all frames (None with no frames)."""
+        return {
+            stage: (
+                {"median": float(np.median(values)), "p90": float(np.percentile(values, 90))}
+                if values
+                else None
+            )
+            for stage, values in self.ms.items()
+        }
+
+
+class LiveRun:
+    """Stage times, the view and what the keys did, and how the loop ended.
+
+    Args:
+        view: the first view ("overlay", "mask" or "side"); the m key cycles them.
+        max_frames: :attr:`finished` once this many frames are done (default: never).
+        snapshot_dir: where the s key saves what is shown.
+        record_frames: add every frame's stage times to the summary (``per_frame_ms``).
+    """
+
+    def __init__(self, view: str = "overlay", max_frames: int | None = None,
+                 snapshot_dir: str | os.PathLike = ".", record_frames: bool = False):
+        if view not in VIEWS:
+            raise ValueError(f"view must be one of {', '.join(VIEWS)}; got {view!r}")
+        if max_frames is not None and max_frames < 0:
+            raise ValueError(f"max_frames must be 0 or more, got {max_frames}")
+        self.view = view
+        self.max_frames = max_frames
+        self.snapshot_dir = Path(snapshot_dir)
+        self.record_frames = record_frames
+        self.times = StageTimes()
+        self.snapshots: list[str] = []
+        self.paused_seconds = 0.0
+        self.ended_by: str | None = "max frames" if max_frames == 0 else None
+        self.error: str | None = None
+        self._unexpected: Exception | None = None
+        self._created = time.perf_counter()
+        self._loop_start = self._loop_end = self._last_done = None
+        self._frame: PrefetchedFrame | None = None
+        self._result: Any = None
+        self._stage_ms: dict[str, float] = {}
+        self.frame_size: list[int] | None = None
+        self.instance_counts: list[int] = []
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def __enter__(self) -> LiveRun:
+        self._loop_start = time.perf_counter()
+        return self
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        """Ends the run on Ctrl-C, a failing source or an error (kept for :meth:`raise_error`)."""
+        self._loop_end = self._last_done or time.perf_counter()
+        if error is None:
+            self.ended_by = self.ended_by or "end of stream"
+        elif isinstance(error, KeyboardInterrupt):
+            self.ended_by = "interrupted (Ctrl-C)"
+        elif isinstance(error, SourceError):
+            self.ended_by, self.error = "source failed", str(error)
+        elif isinstance(error, Exception):  # reported in the summary, then raised again
+            self.ended_by, self.error = "error", f"{type(error).__name__}: {error}"
+            self._unexpected = error
+        else:
+            return False
+        return True
+
+    @property
+    def frames(self) -> int:
+        """Frames done."""
+        return len(self.times)
+
+    @property
+    def finished(self) -> bool:
+        """True once the quit key was pressed or ``max_frames`` frames are done."""
+        return self.ended_by is not None
+
+    def begin_frame(self, item: PrefetchedFrame) -> None:
+        """Starts timing a frame from the prefetcher (its capture and preparation times)."""
+        self._frame = item
+        self._stage_ms = {"capture": item.capture_ms, "preprocess": item.prepare_ms}
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Times the block as the current frame's stage ``name``."""
+        start = time.perf_counter()
+        yield
+        self._last_done = time.perf_counter()
+        self._stage_ms[name] = 1e3 * (self._last_done - start)
+
+    def end_frame(self, result: Any) -> None:
+        """Records the current frame's times, size and (for detections) instance count."""
+        done = self._last_done
+        self._stage_ms["total"] = 1e3 * (done - self._frame.started)
+        self.times.add(self._stage_ms, done=done)
+        frame = self._frame.frame
+        self.frame_size = [frame.shape[1], frame.shape[0]]
+        if isinstance(result, dict) and "scores" in result:
+            self.instance_counts.append(len(result["scores"]))
+        self._result = result
+        if self.frames == self.max_frames:
+            self.ended_by = "max frames"
+
+    def status(self) -> str:
+        """The heads-up line: fps and recent stage times."""
+        return self.times.hud()
+
+    # --- keys -----------------------------------------------------------------------------------
+
+    def handle_keys(self, sink, drawer: FrameDrawer, canvas: np.ndarray) -> None:
+        """Acts on the key pressed since the last frame (``KEYS``): q or Esc quit (then
+        :attr:`finished`), space pauses on the current frame, m shows the next view, s saves
+        ``canvas``."""
+        action = KEYS.get(sink.poll_key())
+        if action == "pause":
+            action = self._pause(sink, drawer, canvas)
+        if action == "view":
+            self._next_view()
+        elif action == "snapshot":
+            self._snapshot(canvas)
+        elif action == "quit":
+            self.ended_by = "quit key"
+
+    def _pause(self, sink, drawer: FrameDrawer, canvas: np.ndarray) -> str | None:
+        """Shows the frame until space or quit; "quit" or None (resume)."""
+        started = time.perf_counter()
+        while (action := KEYS.get(sink.poll_key())) not in ("quit", "pause"):
+            if action == "view":
+                self._next_view()
+                canvas = drawer.draw(self._frame.frame, self._result, self.view, "paused")
+                sink.write(canvas)
+            elif action == "snapshot":
+                self._snapshot(canvas)
+            else:
+                time.sleep(0.03)
+        self.paused_seconds += time.perf_counter() - started
+        return "quit" if action == "quit" else None
+
+    def _next_view(self) -> None:
+        self.view = VIEWS[(VIEWS.index(self.view) + 1) % len(VIEWS)]
+
+    def _snapshot(self, canvas: np.ndarray) -> None:
+        name = f"snapshot-{time.strftime('%Y%m%d-%H%M%S')}-{self.frames:06d}.png"
+        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        write_image(self.snapshot_dir / name, canvas)
+        self.snapshots.append(str(self.snapshot_dir / name))
+
+    # --- the end --------------------------------------------------------------------------------
+
+    def summary(self, model: Any, source: Any, output: Any, segmenter, prefetcher=None,
+                sink=None) -> dict:
+        """The run in numbers, once the loop's ``with`` block is over (the sink closed).
+
+        Args:
+            model, source, output: as given to the loop (specs, paths or objects), described.
+            segmenter: the segmenter that ran (its input size; instances for detections).
+            prefetcher: gives the source's dropped, skipped and reopened counts.
+            sink: gives the frames written.
+
+        Returns:
+            source, model, output, view, frames, dropped, skipped, reopened, fps (end to end,
+            pauses excluded), inference_fps (1000 / median inference ms), stages_ms ({stage:
+            {median, p90}}), wall_seconds, paused_seconds, startup_seconds, frame_size,
+            model_input, frames_written, snapshots, ended_by, error; for an instance model
+            also instances (the mean number per frame); with ``record_frames`` per_frame_ms.
+        """
+        loop_start = self._loop_start or self._created
+        wall = (self._loop_end or time.perf_counter()) - loop_start
+        active = max(wall - self.paused_seconds, 1e-9)
+        stages = self.times.summary()
+        counts = prefetcher.stats() if prefetcher is not None else {}
+        summary = {
+            "source": describe(source),
+            "model": describe(model),
+            "output": describe(output),
+            "view": self.view,
+            "frames": self.frames,
+            "dropped": counts.get("dropped", 0),
+            "skipped": counts.get("skipped", 0),
+            "reopened": counts.get("reopened", 0),
+            "fps": self.frames / active if self.frames else 0.0,
+            "inference_fps": 1e3 / stages["inference"]["median"] if self.frames else None,
+            "stages_ms": stages,
+            "wall_seconds": wall,
+            "paused_seconds": self.paused_seconds,
+            "startup_seconds": loop_start - self._created,
+            "frame_size": self.frame_size,
+            "model_input": list(segmenter.input_size),
+            "frames_written": int(getattr(sink, "frames", 0)),
+            "snapshots": self.snapshots,
+            "ended_by": self.ended_by or "end of stream",
+            "error": self.error,
+        }
+        if isinstance(segmenter, InstanceSegmenter):
+            counts = self.instance_counts
+            summary["instances"] = float(np.mean(counts)) if counts else 0.0
+        if self.record_frames:
+            summary["per_frame_ms"] = self.times.ms
+        return summary
+
+    def raise_error(self) -> None:
+        """Raises the unexpected error that ended the loop, if one did."""
+        if self._unexpected is not None:
+            error, self._unexpected = self._unexpected, None
+            raise error
+
+
+def format_summary(summary: dict, summary_path: str | os.PathLike | None = None) -> str:
+    """The summary as a few lines of text."""
+    inference_fps = summary["inference_fps"]
+    lines = [
+        f"{summary['frames']} frames in {summary['wall_seconds']:.1f} s: "
+        f"{summary['fps']:.1f} fps end to end"
+        + (f", {inference_fps:.1f} fps inference only" if inference_fps else ""),
+        f"dropped {summary['dropped']}, skipped {summary['skipped']}, "
+        f"reopened {summary['reopened']}; ended by {summary['ended_by']}",
+    ]
+    if summary["error"]:
+        lines.append(f"error: {summary['error']}")
+    if summary["frames"]:
+        lines.append(f"{'stage (ms)':12s} {'median':>8s} {'p90':>8s}")
+        for stage, stats in summary["stages_ms"].items():
+            lines.append(f"{stage:12s} {stats['median']:8.2f} {stats['p90']:8.2f}")
+    if summary_path is not None:
+        lines.append(f"summary written to {summary_path}")
+    return "\n".join(lines)
