@@ -375,7 +375,7 @@ def convert_qat_to_tflite(
     """
     import tensorflow as tf
 
-    from edgeseg.converters.tflite import IO_TYPES, _configure, non_builtin_ops
+    from edgeseg.converters.tflite import IO_TYPES, _configure, non_builtin_ops, run_converter
 
     if io_type not in IO_TYPES:
         raise ValueError(f"io_type must be one of {', '.join(IO_TYPES)}; got {io_type!r}")
@@ -401,7 +401,7 @@ def convert_qat_to_tflite(
             converter.inference_output_type = getattr(tf, io_type)
     else:
         _configure(converter, "int8", representative_data, io_type)
-    content = converter.convert()
+    content = run_converter(converter)
     bad = non_builtin_ops(content)
     if bad:
         raise ValueError(f"the QAT model converted with non-builtin TFLite operators: {bad}")

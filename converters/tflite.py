@@ -51,6 +51,15 @@ def convert_keras_to_tflite(
     with tempfile.TemporaryDirectory(prefix="edgeseg-tflite-") as saved_model_dir:
         converter = _saved_model_converter(model, saved_model_dir)
         _configure(converter, quant, representative_data, io_type)
+        return run_converter(converter)
+
+
+def run_converter(converter) -> bytes:
+    """``converter.convert()`` without the lines the converter writes on every run
+    (``edgeseg.quiet.CONVERTER_NOISE``); its real warnings and errors still show."""
+    from edgeseg.quiet import CONVERTER_NOISE, filtered_native_stderr
+
+    with filtered_native_stderr(CONVERTER_NOISE):
         return converter.convert()
 
 

@@ -20,7 +20,8 @@ import sys
 import tempfile
 from collections.abc import Iterator
 
-__all__ = ["STARTUP_NOISE", "filtered_native_stderr", "import_tensorflow_quietly", "is_noise"]
+__all__ = ["CONVERTER_NOISE", "STARTUP_NOISE", "filtered_native_stderr",
+           "import_tensorflow_quietly", "is_noise"]
 
 STARTUP_NOISE = re.compile(
     r"^(?:"
@@ -35,14 +36,26 @@ STARTUP_NOISE = re.compile(
 that this machine has no GPU)."""
 
 
-def is_noise(line: str) -> bool:
-    return bool(STARTUP_NOISE.match(line))
+CONVERTER_NOISE = re.compile(
+    r"^(?:"
+    r"[IW]\d{4} \d\d:\d\d:[\d.]+ +\d+ (?:tf_tfl_flatbuffer_helpers|flatbuffer_export|"
+    r"saver|loader|reader|fingerprinting_utils)\.cc:\d+\]"
+    r"|fully_quantize: \d+, inference_type: \d+, input_inference_type: \w+, "
+    r"output_inference_type: \w+"
+    r")"
+)
+"""What the TFLite converter writes on every conversion that says nothing wrong ("Ignored
+output_format.", "Skipping runtime version metadata", the quantiser's settings line)."""
+
+
+def is_noise(line: str, noise: re.Pattern = STARTUP_NOISE) -> bool:
+    return bool(noise.match(line))
 
 
 @contextlib.contextmanager
-def filtered_native_stderr() -> Iterator[None]:
+def filtered_native_stderr(noise: re.Pattern = STARTUP_NOISE) -> Iterator[None]:
     """Captures file descriptor 2 (native libraries write there, not to ``sys.stderr``) for the
-    block, then writes back the lines that are not start-up noise, in order."""
+    block, then writes back the lines that ``noise`` does not match, in order."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as capture:
@@ -55,7 +68,7 @@ def filtered_native_stderr() -> Iterator[None]:
             os.close(saved)
             capture.seek(0)
             text = capture.read().decode("utf-8", errors="replace")
-            kept = [line for line in text.splitlines(keepends=True) if not is_noise(line)]
+            kept = [line for line in text.splitlines(keepends=True) if not is_noise(line, noise)]
             if kept:
                 sys.stderr.write("".join(kept))
                 sys.stderr.flush()

@@ -138,6 +138,61 @@ def test_perfect_shifted_dropped_and_empty_detections(synthetic_gt):
                                                                    "box_AP75"}
 
 
+def rectangle_rle(x: int, y: int, w: int, h: int, size=(100, 100)) -> dict:
+    """A filled rectangle as COCO's compressed RLE (JSON-ready)."""
+    from pycocotools import mask as mask_api
+
+    canvas = np.zeros(size, np.uint8)
+    canvas[y:y + h, x:x + w] = 1
+    rle = mask_api.encode(np.asfortranarray(canvas))
+    return {"size": rle["size"], "counts": rle["counts"].decode()}
+
+
+def test_ap_of_a_ranked_list_with_false_positives_by_hand():
+    """One image, 3 objects, 5 detections: COCO's 101-point interpolated AP worked out by hand.
+
+    Every IoU is 1, 0 or exactly 2/3 (box and mask alike: the masks are the rectangles), so the
+    thresholds 0.50-0.65 agree with each other, and so do 0.70-0.95.
+
+    | rank | score | detection                     | IoU 0.50-0.65  | IoU 0.70-0.95  |
+    |------|-------|-------------------------------|----------------|----------------|
+    | 1    | 0.9   | object A exactly              | TP  P 1/1 R1/3 | TP  P 1/1 R1/3 |
+    | 2    | 0.8   | nothing there                 | FP  P 1/2 R1/3 | FP  P 1/2 R1/3 |
+    | 3    | 0.7   | A again (A is taken)          | FP  P 1/3 R1/3 | FP  P 1/3 R1/3 |
+    | 4    | 0.6   | B moved 4 px: IoU 320/480     | TP  P 2/4 R2/3 | FP  P 1/4 R1/3 |
+    | 5    | 0.5   | object C exactly              | TP  P 3/5 R3/3 | TP  P 2/5 R2/3 |
+
+    Interpolated precision (the best precision at this recall or beyond), read at the 101
+    recall points 0.00, 0.01, ..., 1.00 (34 points <= 1/3, 33 in (1/3, 2/3], 34 above):
+    - loose: 1 up to recall 1/3, then max(2/4, 3/5) = 3/5 up to 1:
+      AP = (34 * 1 + 33 * 3/5 + 34 * 3/5) / 101 = 74.2 / 101. (Without the interpolation,
+      precision 2/4 at recall 2/3: 70.9 / 101.)
+    - strict: 1 up to recall 1/3, 2/5 up to 2/3, 0 beyond (never reached):
+      AP = (34 * 1 + 33 * 2/5) / 101 = 47.2 / 101.
+    AP50 is the loose value, AP75 the strict one, AP (0.50:0.95, ten thresholds) their mean
+    weighted 4 : 6 = (4 * 74.2 + 6 * 47.2) / 1010 = 58 / 101.
+    """
+    objects = {"A": (10, 10, 20, 20), "B": (50, 10, 20, 20), "C": (10, 50, 30, 30)}
+    gt = {
+        "images": [{"id": 1, "width": 100, "height": 100}],
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [
+            {"id": i, "image_id": 1, "category_id": 1, "bbox": list(box), "area": box[2] * box[3],
+             "iscrowd": 0, "segmentation": rectangle_rle(*box)}
+            for i, box in enumerate(objects.values(), start=1)
+        ],
+    }
+    ranked = [(0.9, objects["A"]), (0.8, (70, 70, 20, 20)), (0.7, objects["A"]),
+              (0.6, (54, 10, 20, 20)), (0.5, objects["C"])]
+    results = [{"image_id": 1, "category_id": 1, "score": score, "bbox": list(box),
+                "segmentation": rectangle_rle(*box)} for score, box in ranked]
+    scores = coco_instance_eval(gt, results)
+    for kind in ("box", "mask"):
+        assert scores[f"{kind}_AP50"] == pytest.approx(74.2 / 101, abs=1e-9), kind
+        assert scores[f"{kind}_AP75"] == pytest.approx(47.2 / 101, abs=1e-9), kind
+        assert scores[f"{kind}_AP"] == pytest.approx(58 / 101, abs=1e-9), kind
+
+
 def test_pixel_boxes_inverts_normalisation():
     pixel = np.array([[2, 3, 6, 8]], np.float64)
     normalised = (pixel - [0, 0, 1, 1]) / [9, 11, 9, 11]

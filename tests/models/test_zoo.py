@@ -66,6 +66,7 @@ def test_config_round_trip_and_keras_save_reload(name, tmp_path):
     np.testing.assert_array_equal(keras_predict(reloaded, x), keras_predict(model, x))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list_models("semantic"))
 def test_one_training_step_lowers_the_loss_on_a_fixed_batch(name):
     keras.utils.set_random_seed(0)
@@ -116,7 +117,8 @@ def test_converts_to_builtin_tflite_fp32_and_int8(name):
     assert got8.shape == want.shape
     # Untrained logits are close together, so argmax agreement says little, and random-weight
     # activations quantise poorly; the int8 logits must still follow the float ones. (The
-    # accuracy of int8 exports of trained models is measured by the export validation.)
+    # accuracy of int8 on a trained model is held to the documented mIoU bound by
+    # tests/converters/test_export.py::test_int8_export_of_a_trained_enet_keeps_the_documented_miou.)
     assert np.corrcoef(got8.ravel(), want.ravel())[0, 1] > 0.5
 
 

@@ -83,3 +83,26 @@ def test_default_palette_is_distinct():
     palette = default_palette(21)
     assert len({tuple(c) for c in palette}) == 21
     assert tuple(palette[1]) == (128, 0, 0) and tuple(palette[2]) == (0, 128, 0)  # VOC colours
+
+
+@pytest.mark.parametrize("alpha", [0.25, 0.3, 0.5, 0.8])
+def test_overlay_is_the_alpha_blend_of_the_frame_and_the_class_colours(alpha):
+    rng = np.random.default_rng(4)
+    palette = rng.integers(0, 256, (5, 3))
+    metadata = {"classes": list("abcde"), "palette": palette.tolist()}
+    segmenter = Segmenter(FakePredictor(metadata=metadata))
+    frame = rng.integers(0, 256, (45, 61, 3), dtype=np.uint8)
+    labels = rng.integers(0, 7, (45, 61), dtype=np.uint8)  # 5 and 6: beyond the palette
+    got = segmenter.overlay(frame, labels, alpha)
+    assert got.dtype == np.uint8 and got.shape == frame.shape
+
+    colours = np.zeros((256, 3))
+    colours[:5] = palette  # labels beyond the palette are black
+    blend = (1 - alpha) * frame + alpha * colours[labels]
+    want = np.round(blend)
+    # OpenCV blends in float32: a blend that is exactly k + 0.5 (alpha 0.3: 0.7 * 1 + 0.3 * 6)
+    # may round either way there, and only there.
+    tie = np.isclose(blend % 1, 0.5, atol=1e-6)
+    difference = np.abs(got - want)
+    assert difference.max() <= 1
+    np.testing.assert_array_equal(got[~tie], want[~tie])

@@ -39,6 +39,61 @@ def train_args(root: Path, out: Path, epochs: int, steps: int) -> list[str]:
     ]
 
 
+CAPTURE_RESUME = """
+import json, sys
+import numpy as np
+from edgeseg.train import semantic
+
+def capture(self, logs=None):
+    # The state model.fit starts the resumed epochs from, before its first step.
+    weights, slots = self.model.weights, self.model.optimizer.variables
+    np.savez(sys.argv[1] + ".weights.npz", *[np.asarray(v) for v in weights])
+    np.savez(sys.argv[1] + ".optimizer.npz", *[np.asarray(v) for v in slots])
+    with open(sys.argv[1] + ".json", "w") as f:
+        json.dump({"weights": [v.path for v in weights], "optimizer": [v.path for v in slots]}, f)
+
+semantic.EpochRecorder.on_train_begin = capture
+from edgeseg.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def saved_state(path: Path) -> dict:
+    """The weights and optimizer variables a .keras file holds, loaded by Keras itself, with
+    the optimizer's also read straight from the archive's HDF5 (no Keras in between)."""
+    import io
+    import zipfile
+
+    import h5py
+    import keras
+
+    import edgeseg.train.losses  # noqa: F401  (registers the loss the file names)
+    from edgeseg.models.loading import register_custom_objects
+
+    register_custom_objects()
+    model = keras.saving.load_model(path, compile=True)
+    state = {
+        "weights": [np.asarray(v) for v in model.weights],
+        "weight_names": [v.path for v in model.weights],
+        "optimizer": [np.asarray(v) for v in model.optimizer.variables],
+        "optimizer_names": [v.path for v in model.optimizer.variables],
+        "iterations": int(model.optimizer.iterations),
+    }
+    with zipfile.ZipFile(path) as archive:
+        blob = archive.read("model.weights.h5")
+    with h5py.File(io.BytesIO(blob), "r") as h5:
+        slots = h5["optimizer"]["vars"]
+        state["optimizer_on_disk"] = [slots[str(i)][()] for i in range(len(slots))]
+    return state
+
+
+def assert_same_arrays(got: list, want: list, names: list) -> None:
+    assert len(got) == len(want) == len(names)
+    differ = [name for a, b, name in zip(got, want, names, strict=True)
+              if a.shape != b.shape or not np.array_equal(a, b)]
+    assert not differ, f"{len(differ)} of {len(names)} differ, e.g. {differ[:5]}"
+
+
 def epochs_done(out: Path) -> int:
     try:
         return len(json.loads((out / "run.json").read_text())["epochs"])
@@ -66,18 +121,34 @@ def test_kill_9_mid_epoch_then_resume_loses_no_finished_epoch(synthetic_root, tm
     first = json.loads((out / "run.json").read_text())
     assert first["epochs"][0]["seconds"] > 1.0  # an epoch outlasts the wait before the kill
     assert len(first["epochs"]) == 1  # killed before epoch 2 finished
+    # What epoch 1 left: the model and the optimizer's step count and moments.
+    saved = saved_state(out / "last.keras")
+    assert saved["iterations"] == steps  # the end of epoch 1, nothing of epoch 2
+    assert_same_arrays(saved["optimizer"], saved["optimizer_on_disk"], saved["optimizer_names"])
 
     # The same command without --resume refuses to overwrite the run.
     refused = subprocess.run(edgeseg_command(*train_args(synthetic_root, out, 3, steps)),
                              env=env, capture_output=True, text=True)
     assert refused.returncode != 0 and "--resume" in refused.stderr
 
+    state = tmp_path / "resumed_state"
     resumed = subprocess.run(
-        edgeseg_command(*train_args(synthetic_root, out, 3, steps), "--resume"),
+        [sys.executable, "-c", CAPTURE_RESUME, str(state),
+         *train_args(synthetic_root, out, 3, steps), "--resume"],
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming" in resumed.stdout and "after epoch 1" in resumed.stdout
+    # The resumed run continues from exactly what epoch 1 saved: every weight and every
+    # optimizer variable (Adam's moments, its iteration count and learning rate).
+    names = json.loads(state.with_suffix(".json").read_text())
+    assert names == {"weights": saved["weight_names"], "optimizer": saved["optimizer_names"]}
+    with np.load(f"{state}.weights.npz") as held:
+        assert_same_arrays([held[f"arr_{i}"] for i in range(len(held.files))],
+                           saved["weights"], names["weights"])
+    with np.load(f"{state}.optimizer.npz") as held:
+        assert_same_arrays([held[f"arr_{i}"] for i in range(len(held.files))],
+                           saved["optimizer"], names["optimizer"])
     record = json.loads((out / "run.json").read_text())
     assert [e["epoch"] for e in record["epochs"]] == [1, 2, 3]
     assert record["epochs"][0] == first["epochs"][0]  # the finished epoch is kept as it was
