@@ -49,3 +49,20 @@ def graph_ops(blob: bytes) -> list[dict]:
     return [{"op": op["op_name"], "inputs": [tensors[i] for i in op["inputs"] if i >= 0],
              "outputs": [tensors[i] for i in op["outputs"] if i >= 0]}
             for op in interpreter._get_ops_details()]
+
+
+def spread_unet(num_classes: int, height: int, width: int):
+    """A small untrained U-Net whose argmax picks several classes: untrained logits barely vary
+    over an image, so the classifier is scaled up and given a random bias per class, and the
+    IoUs a test compares are not all 0."""
+    import keras
+
+    from edgeseg.models import build
+
+    keras.utils.set_random_seed(0)
+    model = build("unet", num_classes, (height, width, 3), filters=4, depth=2)
+    classifier = model.get_layer("classifier")
+    kernel, bias = classifier.get_weights()
+    rng = np.random.default_rng(0)
+    classifier.set_weights([kernel * 20, rng.normal(0, 0.05, bias.shape).astype(bias.dtype)])
+    return model

@@ -266,15 +266,10 @@ def test_scores_equal_the_cityscapes_evaluation(tree, tmp_path):
 @pytest.fixture(scope="module")
 def model_run(tmp_path_factory):
     """A small U-Net for the 19 classes, with a classifier bias that spreads its argmax."""
-    keras = pytest.importorskip("keras")
-    from edgeseg.models import build
+    pytest.importorskip("keras")
+    from tests.helpers import spread_unet
 
-    keras.utils.set_random_seed(0)
-    model = build("unet", len(CITYSCAPES_CLASSES), (HEIGHT, WIDTH, 3), filters=4, depth=2)
-    classifier = model.get_layer("classifier")
-    kernel, bias = classifier.get_weights()
-    rng = np.random.default_rng(0)
-    classifier.set_weights([kernel * 20, rng.normal(0, 0.05, bias.shape).astype(bias.dtype)])
+    model = spread_unet(len(CITYSCAPES_CLASSES), HEIGHT, WIDTH)
     out = tmp_path_factory.mktemp("run")
     model.save(out / "best.keras")
     (out / "run.json").write_text(json.dumps({

@@ -43,17 +43,10 @@ def val_set(data_dir):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, val_set):
     """A run folder as the trainer leaves it: best.keras and run.json."""
-    keras = pytest.importorskip("keras")
-    from edgeseg.models import build
+    pytest.importorskip("keras")
+    from tests.helpers import spread_unet
 
-    keras.utils.set_random_seed(0)
-    model = build("unet", val_set.num_classes, (HEIGHT, WIDTH, 3), filters=4, depth=2)
-    # Untrained logits barely vary over an image; a larger classifier bias per class makes
-    # the argmax pick several classes, so that the IoUs compared below are not all 0.
-    classifier = model.get_layer("classifier")
-    kernel, bias = classifier.get_weights()
-    rng = np.random.default_rng(0)
-    classifier.set_weights([kernel * 20, rng.normal(0, 0.05, bias.shape).astype(bias.dtype)])
+    model = spread_unet(val_set.num_classes, HEIGHT, WIDTH)
     out = tmp_path_factory.mktemp("run")
     model.save(out / "best.keras")
     (out / "run.json").write_text(json.dumps({
