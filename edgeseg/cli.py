@@ -19,6 +19,16 @@ def parse_size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def parse_threads(text: str) -> list[int]:
+    """'4' or '1,2,4' -> [4] / [1, 2, 4], as an argparse type (``bench.runner.parse_threads``)."""
+    from edgeseg.bench.runner import parse_threads as parse
+
+    try:
+        return parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def parse_options(pairs: list[str]) -> dict:
     """['width=0.5', 'padding=valid'] -> {'width': 0.5, 'padding': 'valid'} (JSON values)."""
     options = {}
@@ -194,6 +204,8 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    from pathlib import Path
+
     from edgeseg.bench.runner import DEFAULT_SIZES, benchmark, format_row, parse_sizes, write_jsonl
 
     if args.artifacts and args.artifacts[0] == "report":
@@ -202,14 +214,20 @@ def cmd_bench(args) -> int:
         raise ValueError("edgeseg bench needs at least one model file (.tflite, .onnx, .keras)")
     if not args.out:
         raise ValueError("edgeseg bench needs --out results.jsonl")
-    _quiet_tensorflow(*args.artifacts)
+    # No TensorFlow here: each row runs in its own process, which loads what its model needs.
     sizes = parse_sizes(args.sizes) if args.sizes else DEFAULT_SIZES
     failed = 0
+    notes = set()
     for row in benchmark(args.artifacts, sizes, threads=args.threads, warmup=args.warmup,
-                         runs=args.runs, min_seconds=args.min_seconds, resize=args.resize):
+                         runs=args.runs, min_seconds=args.min_seconds, resize=args.resize,
+                         model_size=args.model_size, timeout=args.timeout):
         write_jsonl([row], args.out)
         print(format_row(row), flush=True)
         failed += row["error"] is not None
+        note = (Path(row["artifact"]).name, row.get("note"))
+        if note[1] and note not in notes:
+            notes.add(note)
+            print(f"  note: {note[0]}: {note[1]}", flush=True)
     print(f"results appended to {args.out}" + (f"; {failed} rows failed" if failed else ""))
     return 0
 
@@ -310,16 +328,25 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="latency of exported models per stage; 'bench report' merges results of many devices",
         description="edgeseg bench ARTIFACT... --out results.jsonl | "
-                    "edgeseg bench report RESULTS.jsonl... --out DIR",
+                    "edgeseg bench report RESULTS.jsonl... --out DIR. Each artifact, frame size "
+                    "and thread count runs in its own process.",
     )
     p.add_argument("artifacts", nargs="*", metavar="ARTIFACT",
                    help="model files (.tflite, .onnx, .keras), or 'report' then result files")
     p.add_argument("--sizes", help="frame sizes, e.g. 480x320,640x360,1280x720,1920x1080")
-    p.add_argument("--threads", type=int, help="inference threads (TFLite / onnxruntime)")
+    p.add_argument("--threads", type=parse_threads,
+                   help="inference threads (TFLite / onnxruntime): a number, or a comma list "
+                        "to sweep, e.g. 1,2,4")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--runs", type=int, default=20, help="at least this many timed runs")
     p.add_argument("--min-seconds", type=float, default=2.0, help="and at least this long")
     p.add_argument("--resize", choices=["resize", "letterbox"], default="resize")
+    p.add_argument("--model-size", choices=["artifact", "frame"], default="artifact",
+                   help="the network's input: the artifact's own (the frame is resized to it; "
+                        "default) or the frame's (a .keras model rebuilt at that size, a .tflite "
+                        "resized where its graph allows; otherwise the row notes its real input)")
+    p.add_argument("--timeout", type=float,
+                   help="seconds one row's process may run before it is stopped")
     p.add_argument("--out", help="results .jsonl (appended) or, for 'report', a folder")
     p.set_defaults(func=cmd_bench)
 

@@ -75,3 +75,48 @@ def run_interpreter(interpreter, image):
     set_input(interpreter, image)
     interpreter.invoke()
     return read_output(interpreter, interpreter.get_output_details()[0])
+
+
+def delegation(interpreter) -> dict:
+    """How the interpreter's execution plan runs the graph: the delegate partitions and the
+    operators left to the runtime's own kernels.
+
+    LiteRT appends one node per delegate partition (``TfLiteXNNPackDelegate`` for XNNPACK, the
+    CPU delegate applied by default) after the model's own nodes; the nodes a partition replaced
+    are those between its inputs and its outputs. Call after ``allocate_tensors`` (the default
+    delegate is applied then).
+
+    Returns:
+        ``{"nodes": the model's operators, "partitions": delegate partitions, "delegate":
+        "XNNPACK" or None, "outside": {operator: count} run by the runtime's own kernels}``.
+    """
+    from collections import Counter
+
+    wrapper = interpreter._interpreter
+    nodes = []
+    for i in range(wrapper.NumNodes()):
+        nodes.append((wrapper.NodeName(i), [t for t in wrapper.NodeInputs(i) if t >= 0],
+                      [t for t in wrapper.NodeOutputs(i) if t >= 0]))
+    del wrapper  # the interpreter refuses to invoke while a reference to its internals lives
+    delegate_nodes = [i for i, (name, _, _) in enumerate(nodes) if "delegate" in name.lower()]
+    own = [i for i in range(len(nodes)) if i not in set(delegate_nodes)]
+    producer = {tensor: i for i in own for tensor in nodes[i][2]}
+    replaced: set[int] = set()
+    for d in delegate_nodes:
+        boundary = set(nodes[d][1])
+        stack = list(nodes[d][2])
+        while stack:
+            tensor = stack.pop()
+            node = producer.get(tensor)
+            if tensor in boundary or node is None or node in replaced:
+                continue
+            replaced.add(node)
+            stack.extend(nodes[node][1])
+    outside = Counter(nodes[i][0] for i in own if i not in replaced)
+    return {
+        "nodes": len(own),
+        "partitions": len(delegate_nodes),
+        # The Python interpreter applies one delegate by default: XNNPACK (named "DELEGATE").
+        "delegate": "XNNPACK" if delegate_nodes else None,
+        "outside": dict(sorted(outside.items())),
+    }

@@ -1,9 +1,15 @@
 """Results from any number of devices, merged into one table, a CSV and a plot.
 
 ``write_report(merge_results(["orin.jsonl", "h100.jsonl"]), "report/")`` writes ``report.md``
-(a table per model: resolution x device x format, with the ENet paper's published timings next
-to the measured ones), ``report.csv`` (the same columns, plus errors) and
-``latency_vs_resolution.png`` (median end-to-end latency against frame size, log scale).
+(a table per model and network input size: device x format x frame, with the ENet paper's
+published timings beside the measured rows of the same network input only), ``report.csv``
+(the same columns, plus errors) and ``latency_vs_resolution.png`` (median end-to-end latency
+against the network's input size, log scale).
+
+The network's input (``model_input``), not the camera frame (``size``), is what the paper's
+resolutions are: a model exported at 240x180 and fed 480x320 frames runs the network at 240x180,
+and is not comparable with the paper's 480x320 row. ``edgeseg bench --model-size frame`` runs
+the network at the frame's size where the model allows.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import re
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+
+from edgeseg.bench.runner import graph_summary
 
 PAPER_SOURCE = "Paszke et al. 2016, ENet (arXiv 1606.02147), inference time, batch 1"
 PAPER_DEVICES = {"TX1": "Jetson TX1 (ENet paper)", "Titan X": "NVIDIA Titan X (ENet paper)",
@@ -78,9 +86,16 @@ COLUMNS = (
     "runs",
     "peak_rss_mb",
     "model_mb",
+    "graph",
+    "xnnpack_partitions",
+    "ops_outside_delegate",
+    "note",
     "reference",
     "error",
 )
+# The Markdown table leaves out what its headings and the graph column already say.
+MARKDOWN_COLUMNS = tuple(c for c in COLUMNS if c not in (
+    "model", "model_input", "error", "xnnpack_partitions", "ops_outside_delegate"))
 HEADERS = {
     "model": "model",
     "size": "frame",
@@ -96,6 +111,10 @@ HEADERS = {
     "runs": "runs",
     "peak_rss_mb": "peak RSS MB",
     "model_mb": "model MB",
+    "graph": "LiteRT graph",
+    "xnnpack_partitions": "XNNPACK partitions",
+    "ops_outside_delegate": "ops outside the delegate",
+    "note": "note",
     "reference": "reference",
     "error": "error",
 }
@@ -203,18 +222,24 @@ def _pixels(size: str | None) -> int:
     return int(match.group(1)) * int(match.group(2)) if match else 0
 
 
+def network_input(row: dict) -> str | None:
+    """The size the network ran at: ``model_input``, else (rows without it) the frame size."""
+    return row.get("model_input") or row.get("size")
+
+
 def _median(row: dict, stage: str) -> float | None:
     stats = (row.get("latency_ms") or {}).get(stage) or {}
     return stats.get("median")
 
 
 def table_rows(rows: Iterable[dict]) -> list[dict]:
-    """The report's columns for each row, sorted by model, frame size, measured before
-    published, device, format."""
+    """The report's columns for each row, sorted by model, network input size, measured before
+    published, device, format, quantisation, threads and frame size."""
     records = []
     for row in rows:
         total = row.get("latency_ms") or {}
         model_bytes = row.get("model_bytes")
+        outside = row.get("ops_outside_delegate")
         records.append(
             {
                 "model": row.get("model"),
@@ -223,7 +248,7 @@ def table_rows(rows: Iterable[dict]) -> list[dict]:
                 "format": row.get("format"),
                 "quant": row.get("quant"),
                 "threads": row.get("threads"),
-                "model_input": row.get("model_input"),
+                "model_input": network_input(row),
                 "total_ms": _median(row, "total"),
                 "fps": row.get("fps"),
                 "inference_ms": _median(row, "inference"),
@@ -231,6 +256,10 @@ def table_rows(rows: Iterable[dict]) -> list[dict]:
                 "runs": row.get("runs"),
                 "peak_rss_mb": row.get("peak_rss_mb"),
                 "model_mb": None if model_bytes is None else model_bytes / 1e6,
+                "graph": graph_summary(row),
+                "xnnpack_partitions": row.get("xnnpack_partitions"),
+                "ops_outside_delegate": None if outside is None else json.dumps(outside),
+                "note": row.get("note"),
                 "reference": row.get("source") if row.get("reference") else None,
                 "error": row.get("error"),
             }
@@ -238,13 +267,15 @@ def table_rows(rows: Iterable[dict]) -> list[dict]:
     records.sort(
         key=lambda r: (
             str(r["model"]).lower(),
-            _pixels(r["size"]),
-            str(r["size"]),
+            _pixels(r["model_input"]),
+            str(r["model_input"]),
             r["reference"] is not None,
             r["device"],
             str(r["format"]),
             str(r["quant"]),
             r["threads"] or 0,
+            _pixels(r["size"]),
+            str(r["size"]),
         )
     )
     return records
@@ -301,29 +332,42 @@ def write_report(
     return written
 
 
+def comparison_groups(records: Iterable[dict]) -> dict[tuple[str, str | None], list[dict]]:
+    """The report's tables: (model, network input) -> its records without errors, in order.
+
+    Published rows share a table only with measured rows of the same model and the same network
+    input size; a paper size that nothing was measured at has a table of its own.
+    """
+    groups: dict[tuple[str, str | None], list[dict]] = {}
+    for record in records:
+        if not record["error"]:
+            key = (str(record["model"]).lower(), record["model_input"])
+            groups.setdefault(key, []).append(record)
+    return groups
+
+
 def _markdown(records: list[dict]) -> str:
-    measured = [r for r in records if not r["error"]]
     failed = [r for r in records if r["error"]]
-    devices = sorted({r["device"] for r in measured if not r["reference"]})
+    devices = sorted({r["device"] for r in records if not r["error"] and not r["reference"]})
     lines = [
         "# Benchmark report",
         "",
         "Median end-to-end latency per frame (resize and normalise, the model, argmax and resize "
-        "back) on a synthetic frame of the given size, batch 1; fps = 1000 / median. Rows marked "
-        f"*paper* are published figures ({PAPER_SOURCE}; for mobile_mask_rcnn "
+        "back) on a synthetic frame of the given size, batch 1; fps = 1000 / median. One table "
+        "per model and network input size: the size the network ran at, which is the frame's "
+        "only where the model was exported at it or benchmarked with `--model-size frame`. Rows "
+        f"marked *paper* are published figures ({PAPER_SOURCE}; for mobile_mask_rcnn "
         f"{MASK_RCNN_SOURCE}) that time the network alone on the authors' setup: a reference "
-        "point, not a like-for-like comparison. Instance models (mobile_mask_rcnn) are timed "
-        "from the frame to the detections pasted back into it.",
+        "point beside the measured rows of the same network input, not a like-for-like "
+        "comparison. Instance models (mobile_mask_rcnn) are timed from the frame to the "
+        "detections pasted back into it.",
         "",
         f"Devices: {', '.join(devices) if devices else 'none'}.",
     ]
-    columns = [c for c in COLUMNS if c not in ("model", "error")]
-    groups: dict[str, list[dict]] = {}
-    for record in measured:
-        groups.setdefault(str(record["model"]).lower(), []).append(record)
-    for group in groups.values():
+    columns = list(MARKDOWN_COLUMNS)
+    for (_, model_input), group in comparison_groups(records).items():
         names = [r["model"] for r in group if not r["reference"]] or [group[0]["model"]]
-        lines += ["", f"## {names[0]}", ""]
+        lines += ["", f"## {names[0]}, network input {model_input or 'unknown'}", ""]
         lines.append("| " + " | ".join(HEADERS[c] for c in columns) + " |")
         lines.append("|" + "---|" * len(columns))
         for record in group:
@@ -339,12 +383,15 @@ def _markdown(records: list[dict]) -> str:
 
 
 def latency_series(records: list[dict]) -> dict[tuple[str, bool], list[tuple[int, float]]]:
-    """The plot's lines: ``(label, published)`` -> [(frame pixels, median total ms)], one per
-    device, format, model, quantisation and thread count."""
+    """The plot's lines: ``(label, published)`` -> [(network input pixels, median total ms)],
+    one per device, format, model, quantisation and thread count. A row whose frame was resized
+    to another network input is a point of its own, labelled with its frame."""
     series: dict[tuple, list[tuple[int, float]]] = {}
     for record in records:
-        if record["error"] or record["total_ms"] is None or not _pixels(record["size"]):
+        pixels = _pixels(record["model_input"])
+        if record["error"] or record["total_ms"] is None or not pixels:
             continue
+        resized = record["size"] != record["model_input"] and not record["reference"]
         label = " ".join(
             str(part)
             for part in (
@@ -352,19 +399,20 @@ def latency_series(records: list[dict]) -> dict[tuple[str, bool], list[tuple[int
                 record["format"] if not record["reference"] else None,
                 record["quant"] if record["quant"] not in (None, "none") else None,
                 f"{record['threads']} threads" if record["threads"] else None,
+                f"(frame {record['size']})" if resized else None,
             )
             if part
         )
         key = (f"{record['device']}: {label}", bool(record["reference"]))
-        series.setdefault(key, []).append((_pixels(record["size"]), record["total_ms"]))
+        series.setdefault(key, []).append((pixels, record["total_ms"]))
     for points in series.values():
         points.sort()
     return series
 
 
 def plot_latency_vs_resolution(records: list[dict], path: str | os.PathLike) -> Path:
-    """Median total latency against frame size: one line per (device, format, model), log y;
-    published rows dashed."""
+    """Median total latency against the network's input size: one line per (device, format,
+    model), log y; published rows dashed."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -375,7 +423,8 @@ def plot_latency_vs_resolution(records: list[dict], path: str | os.PathLike) -> 
 
     lines = latency_series(records)
     sizes = sorted(
-        {(r["size"], _pixels(r["size"])) for r in records if _pixels(r["size"])},
+        {(r["model_input"], _pixels(r["model_input"])) for r in records
+         if _pixels(r["model_input"]) and not r["error"]},
         key=lambda size: size[1],
     )
 
@@ -396,7 +445,7 @@ def plot_latency_vs_resolution(records: list[dict], path: str | os.PathLike) -> 
     if sizes:
         axes.set_xticks([p for _, p in sizes], [s for s, _ in sizes], rotation=45)
         axes.minorticks_off()
-    axes.set_xlabel("frame size (log pixels)")
+    axes.set_xlabel("network input size (log pixels)")
     axes.set_ylabel("median latency per frame (ms, log)")
     axes.set_title("Latency against resolution")
     axes.grid(True, which="major", alpha=0.3)

@@ -1,31 +1,48 @@
-"""The benchmark loop: every artifact at every frame size, one JSON row each.
+"""The benchmark loop: every artifact at every frame size and thread count, one JSON row each.
 
-``benchmark(["enet.tflite", "enet.onnx"])`` loads each model once and, for each camera frame
-size, times the runtime's whole path (``Segmenter``: resize and normalise, the model, argmax and
-resize back) on a deterministic synthetic frame: a few warm-up frames, then timed frames until
-both ``runs`` frames and ``min_seconds`` have passed. A model that fails to load or run gives a
-row with ``error`` set, never an exception (Ultralytics' ``yolo benchmark`` does the same), so one
-broken export does not lose the others' numbers.
+``benchmark(["enet.tflite", "enet.onnx"])`` times, for each camera frame size and thread count,
+the runtime's whole path (``Segmenter``: resize and normalise, the model, argmax and resize back)
+on a deterministic synthetic frame: a few warm-up frames, then timed frames until both ``runs``
+frames and ``min_seconds`` have passed. Each (artifact, size, threads) runs in its own fresh
+Python process (:mod:`edgeseg.bench.worker`), so that its load time, first frame and peak memory
+are its own: a .tflite row after a .keras row carries no TensorFlow. This process never imports
+TensorFlow or a model runtime. A model that fails to load or run, or a process that crashes or
+is killed, gives a row with ``error`` set, never an exception (Ultralytics' ``yolo benchmark``
+does the same), so one broken export does not lose the others' numbers.
 
-Exported models have a fixed input size, so "size" is the size of the camera frame, which the
-runtime resizes to the model input; rows record both (``size`` and ``model_input``). To compare
-resolutions of the network itself (as the ENet paper's table does), export one model per size
-and name them with the size: an artifact ``"enet_{size}.tflite"`` (a pattern) or a directory
-holding ``enet_480x320.tflite``, ``enet_640x360.tflite``... picks the file made for each size.
+Sizes: ``size`` is the camera frame and ``model_input`` the size the network ran at. With
+``model_size="artifact"`` (the default) the frame is resized to the model's own input, as an
+application does. With ``model_size="frame"`` the network runs at the frame's size, as in the
+ENet paper's table: a fully convolutional .keras model is rebuilt at that size with the same
+weights (by its registry name and the options in its run.json), a .tflite is resized
+(``resize_tensor_input``) where its graph allows, an .onnx with dynamic input dimensions takes
+the frame as it is. Where that cannot be, the row runs at the artifact's size and says so in
+``note``. To compare resolutions of exported models, export one per size and name them with
+it: an artifact ``"enet_{size}.tflite"`` (a pattern) or a directory holding
+``enet_480x320.tflite``, ``enet_640x360.tflite``... picks the file made for each size.
 
 Row schema (one JSON object per line of the results file):
 
 - ``model``: metadata ``model`` or the file's stem; ``artifact``: path; ``format``: keras /
   tflite / onnx; ``quant``: metadata ``quant`` (None if unknown)
-- ``size``: frame "WxH"; ``model_input``: "WxH"; ``resize``: resize / letterbox; ``threads``
+- ``size``: frame "WxH"; ``model_input``: the network's input "WxH" as it ran;
+  ``model_size``: "artifact" or "frame" (what was asked); ``note``: None, or why the network
+  did not run at the size asked; ``resize``: resize / letterbox; ``threads``: an int, or None
+  for the runtime's default
 - ``device``: :func:`~edgeseg.bench.fingerprint.device_fingerprint`
 - ``latency_ms``: ``{preprocess, inference, postprocess, total}``, each
   :func:`~edgeseg.bench.stats.latency_stats` (median, mean, p90, p99, std, min)
 - ``fps``: 1000 / median total; ``runs``: timed frames; ``warmup``
-- ``load_ms``: loading the model; ``first_ms``: the first (cold) frame
-- ``peak_rss_mb``: the process's peak resident memory so far (``ru_maxrss``). It never goes
-  down, so a row also carries the peaks of the rows before it: run one artifact per process
-  for a per-model figure.
+- ``load_ms``: loading the model in a fresh process (a .keras file's includes importing
+  TensorFlow); ``first_ms``: the first (cold) frame
+- ``peak_rss_mb``: the peak resident memory of the row's own process (Linux: ``VmHWM``, which
+  unlike ``ru_maxrss`` does not inherit the parent's peak across ``exec``);
+  ``tensorflow_loaded``: whether TensorFlow was imported in that process
+- ``graph_nodes``, ``xnnpack_partitions``, ``ops_outside_delegate``: for .tflite, how LiteRT
+  runs the graph (:func:`edgeseg.runtime_tflite.delegation`): the model's operators, the
+  delegate's partitions (1 is one XNNPACK subgraph for the whole model), and
+  ``{operator: count}`` left to LiteRT's reference kernels (``{}`` when XNNPACK runs all of
+  it); None for other formats
 - ``model_bytes``: file size; ``error``: None, or what went wrong (then the statistics are
   None); ``timestamp``: UTC ISO 8601; ``edgeseg_version``
 """
@@ -36,8 +53,10 @@ import datetime
 import json
 import os
 import re
+import signal
+import subprocess
 import sys
-import time
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -45,16 +64,17 @@ import numpy as np
 
 import edgeseg
 from edgeseg.bench.fingerprint import device_fingerprint
-from edgeseg.bench.stats import fps, latency_stats
 from edgeseg.io import parse_size
 
 # The ENet paper's resolutions (TX1: 480x320, 640x360, 1280x720; Titan X up to 1920x1080).
 DEFAULT_SIZES: tuple[tuple[int, int], ...] = ((480, 320), (640, 360), (1280, 720), (1920, 1080))
 STAGES = ("preprocess", "inference", "postprocess", "total")
 SIZE_PATTERN = re.compile(r"(?<![0-9])(\d+)x(\d+)(?![0-9])")
+MODEL_SIZES = ("artifact", "frame")
+FIXED_INPUT_NOTE = "the graph has a fixed input; ran at {size}"
 
 
-# --- sizes and artifacts ------------------------------------------------------------------------
+# --- sizes, threads and artifacts ---------------------------------------------------------------
 
 
 def parse_sizes(texts: str | Iterable[str]) -> list[tuple[int, int]]:
@@ -62,6 +82,25 @@ def parse_sizes(texts: str | Iterable[str]) -> list[tuple[int, int]]:
     if isinstance(texts, str):
         texts = texts.split(",")
     return [parse_size(t) for t in texts if str(t).strip()]
+
+
+def parse_threads(threads: int | str | Iterable[int] | None) -> list[int | None]:
+    """``4``, ``"1,2,4"`` or ``[1, 2, 4]`` -> the thread counts to sweep; None -> ``[None]``
+    (the runtime's default)."""
+    if threads is None:
+        return [None]
+    if isinstance(threads, str):
+        texts = [t.strip() for t in threads.split(",") if t.strip()]
+        if not texts or not all(t.isdigit() for t in texts):
+            raise ValueError(f"threads must be a number or a comma list such as 1,2,4; got "
+                             f"{threads!r}")
+        threads = [int(t) for t in texts]
+    elif isinstance(threads, int):
+        threads = [threads]
+    counts = list(threads)
+    if not counts or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in counts):
+        raise ValueError(f"thread counts must be positive integers; got {threads!r}")
+    return counts
 
 
 def size_label(size: Sequence[int] | None) -> str | None:
@@ -81,7 +120,7 @@ def resolve_artifacts(
       its name at every size. A size that no file matches is listed with the directory itself
       so that its row says so.
     """
-    from edgeseg.runtime import FORMATS_BY_SUFFIX
+    from edgeseg.artifacts import FORMATS_BY_SUFFIX
 
     sizes = [(int(size[0]), int(size[1])) for size in sizes]
     jobs: list[tuple[Path, tuple[int, int]]] = []
@@ -98,7 +137,7 @@ def resolve_artifacts(
             p for p in path.iterdir() if p.suffix in FORMATS_BY_SUFFIX and p.is_file()
         )
         found = []
-        for model in models:  # file by file, so that each model is loaded once
+        for model in models:
             tagged = SIZE_PATTERN.search(model.stem)
             tag = (int(tagged.group(1)), int(tagged.group(2))) if tagged else None
             found += [(model, size) for size in sizes if tag is None or tag == size]
@@ -124,20 +163,6 @@ def synthetic_frame(width: int, height: int, seed: int = 0) -> np.ndarray:
     return np.clip(base + noise, 0, 255).astype(np.uint8)
 
 
-# --- measuring ----------------------------------------------------------------------------------
-
-
-def peak_rss_mb() -> float | None:
-    """Peak resident memory of this process, in MiB (None where ``resource`` is missing)."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # Linux reports KiB, macOS bytes.
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
-
-
 def artifact_bytes(path: Path) -> int | None:
     try:
         if path.is_dir():
@@ -147,139 +172,170 @@ def artifact_bytes(path: Path) -> int | None:
         return None
 
 
+# --- rows ---------------------------------------------------------------------------------------
+
+
+def new_row(path: Path, job: dict) -> dict:
+    """A row of the schema with what is known before the model is loaded; the rest None."""
+    from edgeseg.artifacts import FORMATS_BY_SUFFIX
+
+    return {
+        "model": path.stem,
+        "artifact": str(path),
+        "format": FORMATS_BY_SUFFIX.get(path.suffix),
+        "quant": None,
+        "size": size_label(job["size"]),
+        "model_input": None,
+        "model_size": job["model_size"],
+        "note": None,
+        "resize": job["resize"],
+        "threads": job["threads"],
+        "device": job["device"],
+        "latency_ms": None,
+        "fps": None,
+        "runs": 0,
+        "warmup": job["warmup"],
+        "load_ms": None,
+        "first_ms": None,
+        "peak_rss_mb": None,
+        "tensorflow_loaded": None,
+        "graph_nodes": None,
+        "xnnpack_partitions": None,
+        "ops_outside_delegate": None,
+        "model_bytes": artifact_bytes(path) if path.exists() else None,
+        "error": None,
+        "timestamp": None,
+        "edgeseg_version": edgeseg.__version__,
+    }
+
+
+def finish_row(row: dict, error: str | None) -> dict:
+    row["error"] = error
+    row["timestamp"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return row
+
+
+def describe_error(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+# --- the loop -----------------------------------------------------------------------------------
+
+
 def benchmark(
     artifacts: Iterable[str | os.PathLike],
     sizes: Sequence[tuple[int, int]] = DEFAULT_SIZES,
-    threads: int | None = None,
+    threads: int | str | Iterable[int] | None = None,
     warmup: int = 3,
     runs: int = 20,
     min_seconds: float = 2.0,
     resize: str = "resize",
     fingerprint: dict | None = None,
+    model_size: str = "artifact",
+    timeout: float | None = None,
 ) -> Iterator[dict]:
-    """Benchmarks each artifact at each frame size; yields one row per pair as it finishes.
+    """Benchmarks each artifact at each frame size and thread count, each in a fresh process;
+    yields one row per triple as it finishes.
 
     Args:
         artifacts: model files, ``{size}`` patterns or directories (see :func:`resolve_artifacts`).
         sizes: camera frame sizes (W, H).
-        threads: CPU threads for LiteRT / onnxruntime (None: the runtime's default).
+        threads: CPU threads for LiteRT / onnxruntime: one count, or several to sweep
+            (``[1, 2, 4]`` or ``"1,2,4"``); None: the runtime's default.
         warmup: untimed frames before timing (the first frame is reported as ``first_ms``).
         runs, min_seconds: timing goes on until both are reached.
         resize: the Segmenter's "resize" or "letterbox".
         fingerprint: the device description; measured once when None.
+        model_size: "artifact" (the network runs at the model's own input; the frame is resized
+            to it) or "frame" (the network runs at the frame's size where the model allows; see
+            the module docstring).
+        timeout: seconds one row's process may run before it is stopped (its row then says
+            so); None: no limit.
     """
     if runs < 1 or warmup < 0 or min_seconds < 0:
         raise ValueError(
             f"need runs >= 1, warmup >= 0, min_seconds >= 0; got runs={runs}, warmup={warmup}, "
             f"min_seconds={min_seconds}"
         )
+    if model_size not in MODEL_SIZES:
+        raise ValueError(f"model_size must be one of {', '.join(MODEL_SIZES)}; got "
+                         f"{model_size!r}")
+    counts = parse_threads(threads)
     sizes = [tuple(int(v) for v in size) for size in sizes]
     device = fingerprint if fingerprint is not None else device_fingerprint()
-    loaded: dict[Path, tuple[object, float] | Exception] = {}
     for path, size in resolve_artifacts(artifacts, sizes):
-        if path not in loaded:
-            # One model at a time in memory: the previous one is released before loading.
-            loaded.clear()
-            loaded[path] = _load(path, threads)
-        yield _benchmark_one(
-            path, size, loaded[path], threads, warmup, runs, min_seconds, resize, device
-        )
+        for count in counts:
+            job = {"artifact": str(path), "size": list(size), "threads": count,
+                   "warmup": warmup, "runs": runs, "min_seconds": min_seconds,
+                   "resize": resize, "model_size": model_size, "device": device}
+            yield run_isolated(job, timeout)
 
 
-def _load(path: Path, threads: int | None):
-    from edgeseg.runtime import load_predictor
+def worker_command() -> list[str]:
+    """The command that measures one job in a fresh interpreter (job JSON and result path
+    follow)."""
+    return [sys.executable, "-m", "edgeseg.bench.worker"]
 
-    started = time.perf_counter()
+
+def run_isolated(job: dict, timeout: float | None = None) -> dict:
+    """One job's row, measured by :mod:`edgeseg.bench.worker` in a fresh process.
+
+    A file that cannot be a model (missing, unknown suffix, not what its suffix says) is
+    reported without starting one; a process that fails, is killed or runs past ``timeout``
+    gives an error row naming its exit status.
+    """
+    from edgeseg.artifacts import check_model_file
+
+    path = Path(job["artifact"])
+    row = new_row(path, job)
     try:
         if path.is_dir():
             raise FileNotFoundError(f"{path}: no model file for this size in the directory")
-        predictor = load_predictor(path, threads=threads)
+        check_model_file(path)
     except Exception as error:  # a broken artifact is a result, not a crash
-        return error
-    return predictor, 1e3 * (time.perf_counter() - started)
+        return finish_row(row, describe_error(error))
+    with tempfile.TemporaryDirectory(prefix="edgeseg-bench-") as folder:
+        result = Path(folder) / "row.json"
+        try:
+            done = subprocess.run(
+                [*worker_command(), json.dumps(job), str(result)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                timeout=timeout, env=_worker_environment(),
+            )
+        except subprocess.TimeoutExpired:
+            return finish_row(row, f"TimeoutError: the benchmark process ran past {timeout:g} s "
+                                   "and was stopped")
+        if done.returncode == 0 and result.is_file():
+            return json.loads(result.read_text(encoding="utf-8"))
+        return finish_row(row, _exit_error(done.returncode, done.stderr))
 
 
-def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
+def _worker_environment() -> dict[str, str]:
+    """This environment, with the folder edgeseg was imported from first on the path (so that
+    the worker runs this edgeseg even where it is not installed)."""
+    env = dict(os.environ)
+    root = str(Path(edgeseg.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
 
 
-def _benchmark_one(path, size, loaded, threads, warmup, runs, min_seconds, resize, device) -> dict:
-    from edgeseg.runtime import FORMATS_BY_SUFFIX, InstanceSegmenter, Segmenter
+def _exit_error(returncode: int, stderr: bytes) -> str:
+    from edgeseg.quiet import is_noise
 
-    row = {
-        "model": path.stem,
-        "artifact": str(path),
-        "format": FORMATS_BY_SUFFIX.get(path.suffix),
-        "quant": None,
-        "size": size_label(size),
-        "model_input": None,
-        "resize": resize,
-        "threads": threads,
-        "device": device,
-        "latency_ms": None,
-        "fps": None,
-        "runs": 0,
-        "warmup": warmup,
-        "load_ms": None,
-        "first_ms": None,
-        "peak_rss_mb": None,
-        "model_bytes": artifact_bytes(path) if path.exists() else None,
-        "error": None,
-        "timestamp": None,
-        "edgeseg_version": edgeseg.__version__,
-    }
-    if isinstance(loaded, Exception):
-        return _finish(row, _describe(loaded))
-    try:
-        predictor, load_ms = loaded
-        row["model"] = predictor.artifact.family or row["model"]
-        row["quant"] = predictor.artifact.quant
-        row["load_ms"] = round(load_ms, 3)
-        row["format"] = predictor.format
-        row["model_input"] = size_label(predictor.input_size)
-        if predictor.task == "instance":  # letterboxed to its square input, detections
-            segmenter = InstanceSegmenter(predictor)
-            row["resize"] = "letterbox"
-        else:
-            segmenter = Segmenter(predictor, resize=resize)
-        frame = synthetic_frame(*size)
-        times = _time_frames(segmenter, frame, warmup, runs, min_seconds)
-        row["first_ms"] = round(times.pop("first"), 3)
-        # Rounded to 0.1 us, far below the run-to-run spread.
-        row["latency_ms"] = {
-            stage: {name: round(value, 4) for name, value in latency_stats(times[stage]).items()}
-            for stage in STAGES
-        }
-        row["fps"] = round(fps(row["latency_ms"]["total"]["median"]), 3)
-        row["runs"] = len(times["total"])
-    except Exception as error:  # a failure is a row, not a crash
-        return _finish(row, _describe(error))
-    return _finish(row, None)
-
-
-def _finish(row: dict, error: str | None) -> dict:
-    row["error"] = error
-    peak = peak_rss_mb()
-    row["peak_rss_mb"] = None if peak is None else round(peak, 1)
-    row["timestamp"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    return row
-
-
-def _time_frames(segmenter, frame, warmup: int, runs: int, min_seconds: float) -> dict:
-    started = time.perf_counter()
-    segmenter(frame)
-    first = 1e3 * (time.perf_counter() - started)
-    for _ in range(max(0, warmup - 1)):
-        segmenter(frame)
-    times: dict[str, list[float]] = {stage: [] for stage in STAGES}
-    started = time.perf_counter()
-    while len(times["total"]) < runs or time.perf_counter() - started < min_seconds:
-        t0 = time.perf_counter()
-        segmenter(frame)
-        times["total"].append(1e3 * (time.perf_counter() - t0))
-        for stage, ms in segmenter.last_timings.items():
-            times[stage].append(ms)
-    return {"first": first, **times}
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "an unknown signal"
+        status = f"was killed by signal {-returncode} ({name})"
+    elif returncode == 0:
+        status = "exited with status 0 without writing its row"
+    else:
+        status = f"exited with status {returncode}"
+    lines = [line for line in stderr.decode("utf-8", "replace").splitlines()
+             if line.strip() and not is_noise(line)]
+    said = f": {' | '.join(lines[-3:])[-600:]}" if lines else ""
+    return f"ProcessError: the benchmark process {status}{said}"
 
 
 # --- results file -------------------------------------------------------------------------------
@@ -305,14 +361,31 @@ def write_jsonl(rows: Iterable[dict], path: str | os.PathLike) -> list[dict]:
     return written
 
 
+def graph_summary(row: dict) -> str | None:
+    """How LiteRT ran a .tflite row's graph, in a few words ("1 XNNPACK partition, outside:
+    PRELU x1"); None for other rows."""
+    partitions = row.get("xnnpack_partitions")
+    if partitions is None:
+        return None
+    outside = row.get("ops_outside_delegate") or {}
+    text = f"{partitions} XNNPACK partition{'' if partitions == 1 else 's'}"
+    if outside:
+        text += ", outside: " + ", ".join(f"{op} x{count}" for op, count in outside.items())
+    return text
+
+
 def format_row(row: dict) -> str:
-    """One line for the console: model, format, size, median total, fps, or the error."""
-    head = f"{row.get('model')} [{row.get('format')}] {row.get('size')}"
+    """One line for the console: model, format, size, threads, median total, fps, the graph's
+    delegation, or the error."""
+    threads = f", {row['threads']} threads" if row.get("threads") else ""
+    head = f"{row.get('model')} [{row.get('format')}] {row.get('size')}{threads}"
     if row.get("error"):
         return f"{head}: FAILED {row['error']}"
     latency = row["latency_ms"]
+    graph = graph_summary(row)
     return (
         f"{head} (input {row.get('model_input')}): {latency['total']['median']:.2f} ms median "
         f"({row['fps']:.1f} fps), inference {latency['inference']['median']:.2f} ms, "
         f"p90 {latency['total']['p90']:.2f} ms, {row['runs']} runs"
+        + (f"; {graph}" if graph else "")
     )

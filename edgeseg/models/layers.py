@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 PACKAGE = "edgeseg"
@@ -72,14 +73,7 @@ class MaxPoolWithIndices(keras.layers.Layer):
 
     def call(self, inputs):
         k = self.pool_size
-        height, width = _static_hw(inputs.shape, self.name)
-        pad_h = -height % k
-        pad_w = -width % k
-        x = inputs
-        if pad_h:
-            x = ops.concatenate([x] + [x[:, -1:, :, :]] * pad_h, axis=1)
-        if pad_w:
-            x = ops.concatenate([x] + [x[:, :, -1:, :]] * pad_w, axis=2)
+        x = _pad_to_windows(inputs, k, self.name)
         pooled = ops.max_pool(x, pool_size=k, strides=k, padding="valid")
         # The window element at (r, c) is the strided slice x[r::k, c::k]. Fold from the last
         # position back to the first, so that the first maximum wins. Elementwise selects on
@@ -150,6 +144,90 @@ class UnpoolWithIndices(keras.layers.Layer):
             "output_size": list(self.output_size),
             "pool_size": self.pool_size,
         }
+
+
+def space_to_depth(x, k: int):
+    """(N, H, W, C) -> (N, H/k, W/k, k*k*C): window position ``p = r*k + c`` holds channels
+    ``p*C .. p*C + C - 1`` (reshape / transpose / reshape; XNNPACK runs all three)."""
+    _, height, width, channels = x.shape
+    x = ops.reshape(x, (-1, height // k, k, width // k, k, channels))
+    x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
+    return ops.reshape(x, (-1, height // k, width // k, k * k * channels))
+
+
+def depth_to_space(x, k: int):
+    """The inverse of :func:`space_to_depth`."""
+    _, h, w, depth = x.shape
+    channels = depth // (k * k)
+    x = ops.reshape(x, (-1, h, w, k, k, channels))
+    x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
+    return ops.reshape(x, (-1, h * k, w * k, channels))
+
+
+def _pad_to_windows(x, k: int, layer_name: str):
+    """Ceil mode: repeats the last row / column until height and width are multiples of k."""
+    height, width = _static_hw(x.shape, layer_name)
+    if -height % k:
+        x = ops.concatenate([x] + [x[:, -1:, :, :]] * (-height % k), axis=1)
+    if -width % k:
+        x = ops.concatenate([x] + [x[:, :, -1:, :]] * (-width % k), axis=2)
+    return x
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SwitchMaxPool(MaxPoolWithIndices):
+    """:class:`MaxPoolWithIndices` for export: the same maxima, and the indices as switches.
+
+    The switches are the one-hot form of the window-local index, laid out as
+    :func:`space_to_depth` lays out the windows: ``(N, h, w, k*k*C)``, 1 at the first maximum
+    of each window, 0 elsewhere. Every operator is one XNNPACK runs, in float and in int8
+    (max-pool, reshape / transpose, slices, subtract, multiply, CEIL), where the index form needs
+    EQUAL and SELECT_V2, which XNNPACK does not run: each of those splits the graph into another
+    delegate partition and runs in the reference kernels (ENet: 5 partitions and a third of the
+    fp32 time at 480x320). The switches are exact after int8 quantisation: they are 0 or 1, and
+    "is not the maximum" is ``min(ceil(max - x), 1)``, which is 0 only where x equals the
+    maximum (in int8 both come from the same quantised values; the converter runs CEIL in float).
+    :class:`SwitchUnpool` consumes them. ``deployable`` swaps the pair in for export.
+    """
+
+    def call(self, inputs):
+        k = self.pool_size
+        x = _pad_to_windows(inputs, k, self.name)
+        channels = x.shape[-1]
+        pooled = ops.max_pool(x, pool_size=k, strides=k, padding="valid")
+        windows = space_to_depth(x, k)
+        below = ops.minimum(ops.ceil(ops.concatenate([pooled] * (k * k), axis=-1) - windows), 1.0)
+        # The first maximum: switch_p = before_p - before_(p+1), where before_p = 1 while every
+        # position before p is below the maximum (before_0 = 1); the last position needs no test.
+        switches = []
+        before = None
+        for p in range(k * k - 1):
+            below_p = below[..., p * channels:(p + 1) * channels]
+            after = below_p if before is None else before * below_p
+            switches.append(1.0 - below_p if before is None else before - after)
+            before = after
+        switches.append(before)
+        return pooled, ops.concatenate(switches, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        pooled, _ = super().compute_output_shape(input_shape)
+        k = self.pool_size
+        return pooled, (*pooled[:-1], None if pooled[-1] is None else pooled[-1] * k * k)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SwitchUnpool(UnpoolWithIndices):
+    """:class:`UnpoolWithIndices` from :class:`SwitchMaxPool`'s switches: each value times its
+    window's switches, back to the full map (concatenate, multiply, :func:`depth_to_space`)."""
+
+    def call(self, inputs):
+        values, switches = inputs
+        k = self.pool_size
+        out = depth_to_space(switches * ops.concatenate([values] * (k * k), axis=-1), k)
+        out_h, out_w = self.output_size
+        if tuple(out.shape[1:3]) != (out_h, out_w):
+            out = out[:, :out_h, :out_w, :]
+        return out
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -241,7 +319,6 @@ class CropTo(keras.layers.Layer):
         return {**super().get_config(), "size": list(self.size), "centre": self.centre}
 
 
-@keras.saving.register_keras_serializable(package=PACKAGE)
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class LeakyDecomposedPReLU(keras.layers.Layer):
     """PReLU rewritten with operators that integer accelerators run: ``L + k * (x - L)``.
@@ -349,8 +426,8 @@ class SubpixelConvTranspose(keras.layers.Layer):
         return ops.stack(rows, axis=0), low, size
 
     def call(self, inputs):
-        s, filters = self.stride, self.filters
-        height, width = _static_hw(inputs.shape, self.name)
+        s = self.stride
+        _static_hw(inputs.shape, self.name)  # a fixed size, as depth_to_space needs
         kernel, low, size = self._phase_kernel()
         # Output phase m reads inputs m + low .. m + low + size - 1: pad so every m in 0..H-1
         # has them (zeros outside the map, as the transposed convolution has).
@@ -360,10 +437,12 @@ class SubpixelConvTranspose(keras.layers.Layer):
             x = ops.pad(x, [[0, 0], [max(before, 0), max(after, 0)],
                             [max(before, 0), max(after, 0)], [0, 0]])
         y = ops.conv(x, kernel, strides=1, padding="valid")
-        y = ops.reshape(y, (-1, height, width, s, s, filters))
-        y = ops.transpose(y, (0, 1, 3, 2, 4, 5))
-        y = ops.reshape(y, (-1, height * s, width * s, filters))
-        return y + self.bias if self.bias is not None else y
+        if self.bias is not None:
+            # Added before the depth-to-space, once per phase (phase-major channels), so that
+            # the converter folds it into the convolution's bias: a separate int8 ADD of a bias
+            # far smaller than the map is outside the input / output scale ratio XNNPACK takes.
+            y = y + ops.tile(self.bias, [s * s])
+        return depth_to_space(y, s)
 
     def _output_hw(self, height, width):
         # Keras' lengths: s*H for "same", s*H + max(k - s, 0) for "valid" (here k <= s).
@@ -376,6 +455,13 @@ class SubpixelConvTranspose(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
                 "stride": self.stride, "padding": self.padding, "use_bias": self.use_bias}
+
+
+NEGLIGIBLE_SLOPE = 1 / 512
+"""A full-int8 export runs a PReLU whose slopes are all below this as a ReLU. The difference,
+``alpha * x`` for negative ``x``, is under half of one int8 step of the layer's range (1/255 of
+it), and the three-operator form would not stay in XNNPACK: its ``alpha * x`` tensor has a
+quantisation scale under 1/1024 of the sum's, outside what XNNPACK's int8 ADD and SUB take."""
 
 
 def _is_subpixel_transpose(layer) -> bool:
@@ -393,13 +479,29 @@ def _is_subpixel_transpose(layer) -> bool:
 def deployable(model: keras.Model, integer: bool = False) -> keras.Model:
     """The same function with layers LiteRT runs faster; ``model`` itself if nothing changes.
 
-    Replaces non-overlapping transposed convolutions by :class:`SubpixelConvTranspose`, and with
-    ``integer`` (a full-int8 export) ``PReLU`` by :class:`LeakyDecomposedPReLU`, in nested models
-    too (a detector's mask head). Weights are carried over unchanged (same shapes, same order).
+    Replaces pooling indices and unpooling by their switch form (:class:`SwitchMaxPool`,
+    :class:`SwitchUnpool`), non-overlapping transposed convolutions by
+    :class:`SubpixelConvTranspose`, and with ``integer`` (a full-int8 export) ``PReLU`` by
+    :class:`LeakyDecomposedPReLU`, or by a ReLU where every slope is below
+    :data:`NEGLIGIBLE_SLOPE` (an untrained PReLU's are all 0), in nested models too (a
+    detector's mask head). Weights are carried over unchanged, layer by layer.
+
+    Of the PReLU forms XNNPACK runs in int8, the four-operator one keeps the most accuracy: on
+    the trained ENet of ``tests/converters/test_export.py`` its int8 mIoU drop is 1.4 points
+    where ``alpha * x + relu(x - alpha * x)`` (three operators, 2% faster) loses 2.0 and
+    ``x + relu((alpha - 1) * x)`` (two) 1.95: both pass the positive side through two
+    requantised terms or the negative side through a cancellation.
     """
 
     def replace(layer):
+        if type(layer) is MaxPoolWithIndices:
+            return SwitchMaxPool(layer.pool_size, name=layer.name)
+        if type(layer) is UnpoolWithIndices:
+            return SwitchUnpool(layer.output_size, layer.pool_size, name=layer.name)
         if integer and isinstance(layer, keras.layers.PReLU):
+            alpha = keras.ops.convert_to_numpy(layer.alpha)
+            if float(np.abs(alpha).max()) < NEGLIGIBLE_SLOPE:
+                return keras.layers.ReLU(name=layer.name)
             return LeakyDecomposedPReLU(shared_axes=layer.get_config().get("shared_axes"),
                                         name=layer.name)
         if _is_subpixel_transpose(layer):
@@ -422,7 +524,10 @@ def deployable(model: keras.Model, integer: bool = False) -> keras.Model:
         return new if new is not None else layer.__class__.from_config(layer.get_config())
 
     copy = keras.models.clone_model(model, clone_function=clone)
-    copy.set_weights(model.get_weights())
+    for layer, new in zip(model.layers, copy.layers, strict=True):
+        # A nested model's copy came with its weights; a PReLU that became a ReLU has none.
+        if not (isinstance(new, keras.Model) and id(layer) in replacements) and new.weights:
+            new.set_weights(layer.get_weights())
     return copy
 
 

@@ -7,17 +7,19 @@ what the keys change::
     with (
         open_source("0") as frames,
         open_sink("display") as sink,
-        Prefetcher(frames, segmenter.preprocess) as prefetched,
+        Prefetcher(frames, segmenter.preprocess, infer=infer) as prefetched,  # worker threads
         run,
     ):
         while not run.finished and (item := prefetched.get()) is not None:
-            run.begin_frame(item)
-            with run.stage("inference"):
-                outputs = segmenter.infer(item.prepared[0])
+            run.begin_frame(item)  # its capture, preprocess and inference times
+            with run.stage("postprocess"):
+                result = segmenter.postprocess(item.output, item.prepared[1])
             ...
             run.end_frame(result)
             run.handle_keys(sink, drawer, canvas)
     print(format_summary(run.summary(model, "0", "display", segmenter, prefetched, sink)))
+
+A loop that runs the model itself times it with ``run.stage("inference")`` instead.
 
 As a context manager, a :class:`LiveRun` ends the loop cleanly on Ctrl-C, on a source failing
 (``SourceError``) and on any other error, which :meth:`LiveRun.raise_error` raises again once
@@ -48,7 +50,7 @@ __all__ = ["KEYS", "STAGES", "LiveRun", "StageTimes", "describe", "format_summar
 STAGES = ("capture", "preprocess", "inference", "postprocess", "draw", "output", "total")
 """Per-frame stages, in ms. capture: waiting for the source's frame; draw: composing the view,
 legend and heads-up line; output: the sink's write; total: capture start to output done (the
-frame's latency through the pipeline, including time queued between the two threads)."""
+frame's latency through the pipeline, including time queued between its threads)."""
 KEYS = {"q": "quit", "\x1b": "quit", " ": "pause", "m": "view", "s": "snapshot"}
 HUD_WINDOW = 30  # frames the heads-up line's figures are taken over
 
@@ -192,9 +194,12 @@ class LiveRun:
         return self.ended_by is not None
 
     def begin_frame(self, item: PrefetchedFrame) -> None:
-        """Starts timing a frame from the prefetcher (its capture and preparation times)."""
+        """Starts timing a frame from the prefetcher (its capture and preparation times, and
+        its inference time where the prefetcher ran the model)."""
         self._frame = item
         self._stage_ms = {"capture": item.capture_ms, "preprocess": item.prepare_ms}
+        if item.inference_ms is not None:
+            self._stage_ms["inference"] = item.inference_ms
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -275,7 +280,8 @@ class LiveRun:
 
         Returns:
             source, model, output, view, frames, dropped, skipped, reopened, fps (end to end,
-            pauses excluded), inference_fps (1000 / median inference ms), stages_ms ({stage:
+            pauses excluded), inference_fps (1000 / median inference ms), fps_ratio (fps /
+            inference_fps: 1 when the loop runs at the model's pace), stages_ms ({stage:
             {median, p90}}), wall_seconds, paused_seconds, startup_seconds, frame_size,
             model_input, frames_written, snapshots, ended_by, error; for an instance model
             also instances (the mean number per frame); with ``record_frames`` per_frame_ms.
@@ -285,6 +291,9 @@ class LiveRun:
         active = max(wall - self.paused_seconds, 1e-9)
         stages = self.times.summary()
         counts = prefetcher.stats() if prefetcher is not None else {}
+        fps = self.frames / active if self.frames else 0.0
+        inference_ms = stages["inference"]["median"] if self.frames else 0.0
+        inference_fps = 1e3 / inference_ms if inference_ms > 0 else None
         summary = {
             "source": describe(source),
             "model": describe(model),
@@ -294,8 +303,9 @@ class LiveRun:
             "dropped": counts.get("dropped", 0),
             "skipped": counts.get("skipped", 0),
             "reopened": counts.get("reopened", 0),
-            "fps": self.frames / active if self.frames else 0.0,
-            "inference_fps": 1e3 / stages["inference"]["median"] if self.frames else None,
+            "fps": fps,
+            "inference_fps": inference_fps,
+            "fps_ratio": fps / inference_fps if inference_fps else None,
             "stages_ms": stages,
             "wall_seconds": wall,
             "paused_seconds": self.paused_seconds,
@@ -327,7 +337,8 @@ def format_summary(summary: dict, summary_path: str | os.PathLike | None = None)
     lines = [
         f"{summary['frames']} frames in {summary['wall_seconds']:.1f} s: "
         f"{summary['fps']:.1f} fps end to end"
-        + (f", {inference_fps:.1f} fps inference only" if inference_fps else ""),
+        + (f", {inference_fps:.1f} fps inference only (ratio {summary['fps'] / inference_fps:.2f})"
+           if inference_fps else ""),
         f"dropped {summary['dropped']}, skipped {summary['skipped']}, "
         f"reopened {summary['reopened']}; ended by {summary['ended_by']}",
     ]

@@ -1,18 +1,22 @@
-"""Reading ahead: a worker thread captures and prepares frames while the caller works on one.
+"""Reading ahead: worker threads capture, prepare and infer frames while the caller draws one.
 
-``Prefetcher(source, segmenter.preprocess)`` overlaps capture and preprocessing with the
-caller's inference, so on a live source the end-to-end frame rate stays close to the
-inference-only rate::
+``Prefetcher(source, segmenter.preprocess, infer=...)`` runs a small pipeline, so that on a
+live source or a file the end-to-end frame rate stays close to the inference-only rate::
 
-    with open_source("0") as frames, Prefetcher(frames, segmenter.preprocess) as prefetched:
+    with open_source("0") as frames, Prefetcher(frames, segmenter.preprocess,
+                                                infer=lambda p: segmenter.infer(p[0])) as prefetched:
         for item in prefetched:
-            batch, geometry = item.prepared
-            ...
+            labels = segmenter.postprocess(item.output, item.prepared[1])
+            ...  # draw and show frame N while the worker infers frame N+1
 
-From files and folders every frame is kept (the worker runs at most ``depth`` frames ahead);
-from a live source the worker prepares each new frame and keeps only the newest, so the caller
-starts on a frame about one preparation old, not one inference old. The frames, and what
-``prepare`` makes of them, pass through untouched.
+From files and folders every frame is kept, in order: one thread reads and prepares frames (at
+most ``depth`` ahead), another runs ``infer`` on them (at most ``depth`` results ahead of the
+caller, and one more in the making). From a live source one thread takes each frame as it
+arrives, keeping only the newest (the others count in ``discarded``), and another prepares and
+infers the newest frame as soon as the model is free: no frame is prepared only to be thrown
+away, the model is not kept waiting, and inference starts on a frame at most one source period
+old. (Without ``infer``, the newest frame is prepared when the caller has room for it.) The frames, and what ``prepare`` and
+``infer`` make of them, pass through untouched.
 """
 
 from __future__ import annotations
@@ -31,58 +35,83 @@ __all__ = ["PrefetchedFrame", "Prefetcher"]
 
 @dataclass
 class PrefetchedFrame:
-    """A captured frame and what ``prepare`` made of it, with the time each took."""
+    """A captured frame and what ``prepare`` (and ``infer``) made of it, with their times."""
 
     frame: np.ndarray
     prepared: Any  # prepare(frame); the frame itself without a prepare function
     capture_ms: float  # waiting for the source's frame
     prepare_ms: float
     started: float  # time.perf_counter() when its capture began
+    output: Any = None  # infer(prepared), with an infer function
+    inference_ms: float | None = None
 
 
 class Prefetcher:
-    """Captures and prepares frames in a worker thread; an iterator of :class:`PrefetchedFrame`.
+    """Captures, prepares and infers frames in worker threads; an iterator of
+    :class:`PrefetchedFrame`.
 
     Args:
         source: an iterable of frames (an ``edgeseg.video`` source, a list, ...). A source
             whose ``live`` attribute is true is read as fast as it delivers, keeping only the
-            newest ``depth`` prepared frames; the ones replaced count in ``discarded``.
-        prepare: run on each frame in the worker (e.g. ``Segmenter.preprocess``).
-        depth: prepared frames held ready, at least 1.
+            newest frame; the ones replaced before being prepared count in ``discarded``.
+        prepare: run on each frame in a worker (e.g. ``Segmenter.preprocess``).
+        depth: frames held ready at each step, at least 1.
+        infer: run in a worker thread of its own on what ``prepare`` returned (e.g. the
+            model on the batch); its result is :attr:`PrefetchedFrame.output`.
 
-    An error in the worker (the source failing, ``prepare`` raising) is raised by :meth:`get`
-    once the frames prepared before it have been taken. :meth:`close` (or the end of a ``with``
-    block) stops the worker; it closes a live source first, which wakes a worker waiting on it.
+    An error in a worker (the source failing, ``prepare`` or ``infer`` raising, Ctrl-C raised
+    by them) is raised by :meth:`get` once the frames finished before it have been taken.
+    :meth:`close` (or the end of a ``with`` block) stops the workers; it closes a live source
+    first, which wakes a worker waiting on it.
     """
 
     def __init__(self, source: Iterable[np.ndarray],
-                 prepare: Callable[[np.ndarray], Any] | None = None, depth: int = 1):
+                 prepare: Callable[[np.ndarray], Any] | None = None, depth: int = 1,
+                 infer: Callable[[Any], Any] | None = None):
         if depth < 1:
             raise ValueError(f"depth (frames prepared ahead) must be at least 1, got {depth}")
         self.source = source
         self._frames = iter(source)
         self._prepare = prepare
+        self._infer = infer
         self.live = bool(getattr(source, "live", False))
         self.depth = depth
         self.discarded = 0
-        self._items: deque[PrefetchedFrame] = deque()
+        self._items: deque[PrefetchedFrame] = deque()  # what get() hands out
+        self._ready: deque[PrefetchedFrame] = deque()  # in order, with infer: prepared frames
+        self._newest: tuple[np.ndarray, float] | None = None  # live: (frame, arrival time)
         self._condition = threading.Condition()
         self._stop = threading.Event()
-        self._ended = False
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="edgeseg-prefetch", daemon=True)
-        self._thread.start()
+        self._captured_all = False  # the capture worker has finished
+        self._ended = False  # no more items will come
+        self._capture_error: BaseException | None = None
+        self._process_error: BaseException | None = None
+        # Live sources and inference have a second stage; a file without inference has one.
+        self._staged = self.live or infer is not None
+        self._threads = [threading.Thread(target=self._capture, name="edgeseg-prefetch",
+                                          daemon=True)]
+        if self._staged:
+            self._threads.append(threading.Thread(target=self._process, name="edgeseg-infer",
+                                                  daemon=True))
+        for thread in self._threads:
+            thread.start()
 
-    # --- the worker -----------------------------------------------------------------------------
+    # --- the workers ----------------------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _halted(self) -> bool:
+        return self._stop.is_set() or self._ended
+
+    def _capture(self) -> None:
+        """Reads the source: in order, prepared, at most ``depth`` ahead; live, every frame as
+        it comes, the newest kept for :meth:`_process`."""
+        queue = self._ready if self._infer is not None else self._items
         try:
-            while not self._stop.is_set():
+            while not self._halted():
                 if not self.live:
                     with self._condition:
-                        while len(self._items) >= self.depth and not self._stop.is_set():
+                        while len(queue) >= self.depth and not self._halted():
                             self._condition.wait(0.1)
-                    if self._stop.is_set():
+                    if self._halted():
                         break
                 t0 = time.perf_counter()
                 try:
@@ -90,17 +119,82 @@ class Prefetcher:
                 except StopIteration:
                     break
                 t1 = time.perf_counter()
+                if self.live:
+                    with self._condition:
+                        if self._newest is not None:
+                            self.discarded += 1
+                        self._newest = (frame, t1)
+                        self._condition.notify_all()
+                    continue
                 prepared = self._prepare(frame) if self._prepare is not None else frame
                 t2 = time.perf_counter()
                 item = PrefetchedFrame(frame, prepared, 1e3 * (t1 - t0), 1e3 * (t2 - t1), t0)
                 with self._condition:
-                    while self.live and len(self._items) >= self.depth:
-                        self._items.popleft()
-                        self.discarded += 1
+                    queue.append(item)
+                    self._condition.notify_all()
+        except BaseException as error:  # handed to the caller's thread, which raises it
+            self._capture_error = error
+        finally:
+            with self._condition:
+                self._captured_all = True
+                self._ended = self._ended or not self._staged
+                self._condition.notify_all()
+
+    def _wait_for_room(self) -> bool:
+        """Waits until the caller has fewer than ``depth`` items waiting; False when stopped.
+        Call holding the condition."""
+        while len(self._items) >= self.depth and not self._stop.is_set():
+            self._condition.wait(0.1)
+        return not self._stop.is_set()
+
+    def _next_input(self) -> PrefetchedFrame | None:
+        """The next prepared frame (in order) or the newest frame (live, prepared here); None
+        at the end. Without ``infer``, a live frame is taken only once the caller has room, so
+        that it is as fresh as can be; with it, at once, so that the model is never idle."""
+        with self._condition:
+            if self.live and self._infer is None and not self._wait_for_room():
+                return None
+            t0 = time.perf_counter()
+            if self.live:
+                while self._newest is None and not self._captured_all and not self._stop.is_set():
+                    self._condition.wait(0.1)
+                if self._stop.is_set() or self._newest is None:
+                    return None
+                (frame, arrived), self._newest = self._newest, None
+            else:
+                while not self._ready and not self._captured_all and not self._stop.is_set():
+                    self._condition.wait(0.1)
+                if self._stop.is_set() or not self._ready:
+                    return None
+                item = self._ready.popleft()
+                self._condition.notify_all()  # room for the capture worker
+                return item
+        t1 = time.perf_counter()
+        prepared = self._prepare(frame) if self._prepare is not None else frame
+        t2 = time.perf_counter()
+        # A frame that arrived before it was asked for is older than the wait says.
+        return PrefetchedFrame(frame, prepared, 1e3 * (t1 - t0), 1e3 * (t2 - t1),
+                               min(t0, arrived))
+
+    def _process(self) -> None:
+        """Prepares the newest live frame and runs ``infer``; at most ``depth`` results wait
+        for the caller, and one more is being made."""
+        try:
+            while True:
+                item = self._next_input()
+                if item is None:
+                    break
+                if self._infer is not None:
+                    t0 = time.perf_counter()
+                    item.output = self._infer(item.prepared)
+                    item.inference_ms = 1e3 * (time.perf_counter() - t0)
+                with self._condition:
+                    if not self._wait_for_room():
+                        break
                     self._items.append(item)
                     self._condition.notify_all()
         except BaseException as error:  # handed to the caller's thread, which raises it
-            self._error = error
+            self._process_error = error
         finally:
             with self._condition:
                 self._ended = True
@@ -109,7 +203,7 @@ class Prefetcher:
     # --- the caller -----------------------------------------------------------------------------
 
     def get(self) -> PrefetchedFrame | None:
-        """The next prepared frame, or None at the end of the stream."""
+        """The next frame, prepared (and inferred), or None at the end of the stream."""
         with self._condition:
             while not self._items and not self._ended:
                 self._condition.wait(0.1)  # a timeout keeps Ctrl-C prompt
@@ -117,8 +211,10 @@ class Prefetcher:
                 item = self._items.popleft()
                 self._condition.notify_all()
                 return item
-        if self._error is not None:
-            error, self._error = self._error, None
+            # The inference worker's error concerns an earlier frame than the capture's.
+            error = self._process_error or self._capture_error
+            self._process_error = self._capture_error = None
+        if error is not None:
             raise error
         return None
 
@@ -140,11 +236,14 @@ class Prefetcher:
         }
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stops the worker. A live source is closed first, which wakes a worker waiting on it."""
+        """Stops the workers. A live source is closed first, which wakes a worker waiting on it."""
         self._stop.set()
+        with self._condition:
+            self._condition.notify_all()
         if self.live and hasattr(self.source, "close"):
             self.source.close()
-        self._thread.join(timeout)
+        for thread in self._threads:
+            thread.join(timeout)
 
     def __enter__(self) -> Prefetcher:
         return self

@@ -63,6 +63,9 @@ SOURCE_OPTIONS: dict[str, dict[str, tuple[Any, str]]] = {
         "seed": (0, "chooses the scene"),
         "objects": (None, "number of moving objects (default: chosen by the seed)"),
         "live": (True, "1: paced at fps by a thread, stale frames dropped; 0: every frame"),
+        "loop": (64, "live: frames drawn once when the source opens and replayed forwards "
+                 "then backwards, so that drawing scenes takes no CPU from the consumer, as a "
+                 "camera takes none (0: each frame drawn when it is due)"),
         **_LIVE_OPTIONS,
     },
 }
@@ -293,13 +296,20 @@ class SyntheticSource(Source):
 
 
 class _SceneCapture:
-    """Synthetic scenes behind the capture interface (RGB frames)."""
+    """Synthetic scenes behind the capture interface (RGB frames).
 
-    def __init__(self, size, seed: int, objects: int | None, frames: int | None):
+    With ``loop`` (a list of frames drawn beforehand, :func:`_scene_loop`), read ``t`` returns
+    a copy of ``loop[t]`` for the loop's length, then plays it backwards and forwards again:
+    consecutive frames always differ and moving objects move smoothly, at the cost of a copy.
+    """
+
+    def __init__(self, size, seed: int, objects: int | None, frames: int | None,
+                 loop: list[np.ndarray] | None = None):
         from edgeseg.data.synthetic import SceneSequence
 
         self._sequence = SceneSequence(seed=seed, size=size, objects=objects)
         self._limit = frames
+        self._loop = loop
         self._t = 0
 
     def isOpened(self) -> bool:
@@ -308,12 +318,33 @@ class _SceneCapture:
     def read(self) -> tuple[bool, np.ndarray]:
         if self._limit is not None and self._t >= self._limit:
             raise _EndOfStream
-        image = self._sequence.frame(self._t)[0]
+        if self._loop and len(self._loop) > 1:
+            period = 2 * len(self._loop) - 2
+            index = self._t % period
+            image = self._loop[min(index, period - index)].copy()
+        else:
+            image = self._sequence.frame(self._t)[0]
         self._t += 1
         return True, image
 
     def release(self) -> None:
         pass
+
+
+def _scene_loop(size, seed: int, objects: int | None, frames: int | None,
+                count: int) -> list[np.ndarray]:
+    """The first ``count`` scene frames (no more than ``frames``), drawn now, read-only."""
+    if count < 0:
+        raise ValueError(f"synthetic loop must be 0 or more frames, got {count}")
+    from edgeseg.data.synthetic import SceneSequence
+
+    sequence = SceneSequence(seed=seed, size=size, objects=objects)
+    loop = []
+    for t in range(count if frames is None else min(count, frames)):
+        image = sequence.frame(t)[0]
+        image.flags.writeable = False  # shared by every read, which hands out a copy
+        loop.append(image)
+    return loop
 
 
 # ----------------------------------------------------------------------------------- live
@@ -609,9 +640,10 @@ def open_source(
             raise ValueError(f"source {spec!r}: fps must be positive, got {fps}")
         if not opts["live"]:
             return SyntheticSource(spec, size, int(opts["seed"]), opts["objects"], frames, fps)
+        loop = _scene_loop(size, int(opts["seed"]), opts["objects"], frames, int(opts["loop"]))
         return LiveSource(
             spec,
-            lambda: _SceneCapture(size, int(opts["seed"]), opts["objects"], frames),
+            lambda: _SceneCapture(size, int(opts["seed"]), opts["objects"], frames, loop),
             describe=f"synthetic scenes {size[0]}x{size[1]} at {fps:g} fps",
             bgr=False,
             pace=fps,

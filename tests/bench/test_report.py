@@ -25,7 +25,9 @@ from tests.bench.fake_devices import fake_orin, fake_x86
 SIZES = ("480x320", "640x360", "1280x720")
 
 
-def fake_row(model, fmt, size, device, total_ms, timestamp="2026-01-01T00:00:00+00:00"):
+def fake_row(model, fmt, size, device, total_ms, timestamp="2026-01-01T00:00:00+00:00",
+             model_input=None):
+    """A measured row; the network ran at the frame's size unless ``model_input`` says."""
     times = total_ms * np.linspace(0.95, 1.1, 15)
     latency = {
         "preprocess": latency_stats(times * 0.1),
@@ -35,7 +37,7 @@ def fake_row(model, fmt, size, device, total_ms, timestamp="2026-01-01T00:00:00+
     }
     return {
         "model": model, "artifact": f"/models/{model}.{fmt}", "format": fmt, "quant": "none",
-        "size": size, "model_input": "512x256", "resize": "resize", "threads": 4,
+        "size": size, "model_input": model_input or size, "resize": "resize", "threads": 4,
         "device": device, "latency_ms": latency, "fps": fps(latency["total"]["median"]),
         "runs": 15, "warmup": 3, "peak_rss_mb": 180.0, "model_bytes": 1_500_000, "error": None,
         "timestamp": timestamp, "edgeseg_version": "0.1.0",
@@ -112,6 +114,31 @@ def test_merged_report_of_two_devices(two_devices, tmp_path):
 
     png = written["plot"].read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_paper_rows_sit_beside_rows_of_the_same_network_input_only(two_devices, tmp_path):
+    orin = merge_results(two_devices[0][:1])[0]["device"]
+    # A 240x180 network fed 480x320 frames, as a model exported at 240x180 is.
+    small = fake_row("enet", "tflite", "480x320", orin, 5.0, model_input="240x180")
+    rows = merge_results(two_devices[0]) + [small]
+    records = table_rows(rows + [dict(r) for r in PAPER_ROWS])
+    by_input = {}
+    for record in records:
+        if not record["error"] and str(record["model"]).lower() == "enet":
+            by_input.setdefault(record["model_input"], []).append(record)
+    assert [r["reference"] is not None for r in by_input["240x180"]] == [False]
+    assert by_input["240x180"][0]["size"] == "480x320"
+    paper_480 = [r for r in by_input["480x320"] if r["reference"]]
+    assert {r["device"] for r in paper_480} == {"Jetson TX1 (ENet paper)"}
+    assert all(r["size"] == r["model_input"] for r in by_input["480x320"])
+
+    markdown = write_report(rows, tmp_path / "report")["markdown"].read_text()
+    table = markdown.split("## enet, network input 240x180")[1].split("\n## ")[0]
+    assert "paper" not in table and "| 480x320 |" in table
+    # The plot's point for it is at 240x180 pixels, labelled with its frame.
+    series = latency_series(records)
+    resized = [points for (label, _), points in series.items() if "(frame 480x320)" in label]
+    assert resized == [[(240 * 180, pytest.approx(5.0 * np.median(np.linspace(0.95, 1.1, 15))))]]
 
 
 def test_plot_has_one_line_per_device_format_and_model(two_devices):

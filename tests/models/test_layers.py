@@ -14,6 +14,8 @@ from edgeseg.models.layers import (  # noqa: E402
     MaxPoolWithIndices,
     PadToMultiple,
     SubpixelConvTranspose,
+    SwitchMaxPool,
+    SwitchUnpool,
     UnpoolWithIndices,
     deployable,
     flat_indices,
@@ -80,6 +82,30 @@ def test_pool_and_unpool_match_numpy(height, width, channels, k, ties):
     np.testing.assert_array_equal(got_unpooled, numpy_unpool(want_pooled, want_flat, x.shape[1:]))
 
 
+@pytest.mark.parametrize(("height", "width", "channels", "k", "ties"), CASES)
+def test_switch_form_is_the_index_form(height, width, channels, k, ties):
+    """The export form: the same maxima, the switches one-hot at the reference's index (laid
+    out window position-major), the same unpooled map."""
+    rng = np.random.default_rng(height * 10 + width)
+    if ties:
+        x = rng.integers(0, 3, (2, height, width, channels)).astype(np.float32)
+    else:
+        x = rng.normal(size=(2, height, width, channels)).astype(np.float32)
+    inputs = keras.Input((height, width, channels))
+    pooled, switches = SwitchMaxPool(k)(inputs)
+    unpooled = SwitchUnpool((height, width), k)([pooled, switches])
+    model = keras.Model(inputs, [pooled, switches, unpooled])
+    got_pooled, got_switches, got_unpooled = (keras.ops.convert_to_numpy(t) for t in model(x))
+
+    want_pooled, want_flat = numpy_max_pool_with_argmax(x, k)
+    np.testing.assert_array_equal(got_pooled, want_pooled)
+    # flat (y * W + x) * C + c back to the window position (y % k) * k + x % k
+    position = (want_flat // channels // width % k) * k + (want_flat // channels % width) % k
+    one_hot = np.concatenate([(position == p) for p in range(k * k)], axis=-1)
+    np.testing.assert_array_equal(got_switches, one_hot.astype(np.float32))
+    np.testing.assert_array_equal(got_unpooled, numpy_unpool(want_pooled, want_flat, x.shape[1:]))
+
+
 def test_ties_go_to_the_first_position_in_the_window():
     x = np.ones((1, 2, 2, 1), np.float32)
     _, indices = MaxPoolWithIndices(2)(x)
@@ -116,38 +142,67 @@ def test_pool_size_below_two_is_rejected():
 
 
 @pytest.mark.slow
-def test_pool_unpool_convert_to_builtin_tflite_fp32_and_int8():
-    from edgeseg.converters.tflite import convert_keras_to_tflite, non_builtin_ops, tflite_op_names
-    from edgeseg.runtime_tflite import load_interpreter, run_interpreter
+def test_pool_unpool_convert_to_one_xnnpack_partition_and_stay_exact_in_int8():
+    from edgeseg.converters.tflite import convert_keras_to_tflite, non_builtin_ops
+    from edgeseg.runtime_tflite import delegation, load_interpreter
 
     inputs = keras.Input((9, 7, 4))
     features = keras.layers.Conv2D(4, 3, padding="same")(inputs)
     pooled, indices = MaxPoolWithIndices(2)(features)
     outputs = UnpoolWithIndices((9, 7), 2)([pooled, indices])
-    model = keras.Model(inputs, outputs)
+    model = keras.Model(inputs, [features, outputs])
     rng = np.random.default_rng(1)
     x = rng.normal(size=(1, 9, 7, 4)).astype(np.float32)
-    want = keras_predict(model, x)
+    want_features, want = keras_predict(model, x)
+
+    def run(blob):
+        interpreter = load_interpreter(model_content=blob)
+        detail = interpreter.get_input_details()[0]
+        interpreter.set_tensor(detail["index"], x)
+        interpreter.invoke()
+        outputs = {d["index"]: interpreter.get_tensor(d["index"])
+                   for d in interpreter.get_output_details()}
+        # The unpooled map is the output with zeros at three positions of every window.
+        unpooled, features = sorted(outputs, key=lambda i: np.count_nonzero(outputs[i]))
+        return interpreter, outputs[features], outputs[unpooled], (features, unpooled)
 
     fp32 = convert_keras_to_tflite(model)
-    ops = tflite_op_names(fp32)
     assert non_builtin_ops(fp32) == []
-    assert not any("ARG_MAX" in op or "SCATTER" in op for op in ops), ops
-    got = run_interpreter(load_interpreter(model_content=fp32), x)
-    np.testing.assert_allclose(got, want, atol=1e-5)
+    interpreter, got_features, got_unpooled, _ = run(fp32)
+    plan = delegation(interpreter)
+    # One XNNPACK partition, nothing left to the reference kernels (no EQUAL / SELECT_V2).
+    assert plan["partitions"] == 1 and plan["outside"] == {}, plan
+    np.testing.assert_allclose(got_features, want_features, atol=1e-5)
+    np.testing.assert_allclose(got_unpooled, want, atol=1e-5)
 
     int8 = convert_keras_to_tflite(
         model, "int8", lambda: (rng.normal(size=(9, 7, 4)).astype(np.float32) for _ in range(20))
     )
     assert non_builtin_ops(int8) == []
-    got8 = run_interpreter(load_interpreter(model_content=int8), x)
-    # Unpooling keeps its structure after quantisation: non-zeros only where Keras has them
-    # (quantised ties may move a few maxima inside their window), values within a few steps.
-    assert (got8 != 0).sum() <= (want != 0).sum() * 1.2
-    same_place = (got8 != 0) & (want != 0)
-    assert same_place.sum() >= 0.8 * (want != 0).sum()
-    scale = np.abs(want).max() / 127
-    assert np.abs(got8 - want)[same_place].max() < 4 * scale
+    interpreter, features8, unpooled8, indices = run(int8)
+    plan = delegation(interpreter)
+    assert plan["partitions"] == 1 and plan["outside"] == {}, plan
+    # The int8 graph's own (dequantised) features, pooled and unpooled by the NumPy
+    # definition, ties included (int8 values tie often): the maxima land where the reference
+    # puts them, none elsewhere, each within one step of the unpooled output's own scale (the
+    # int8 tensor its DEQUANTIZE reads) and one of the features'.
+    step = max(_dequantised_scale(interpreter, index) for index in indices)
+    pooled_ref, flat = numpy_max_pool_with_argmax(features8, 2)
+    ref = numpy_unpool(pooled_ref, flat, features8.shape[1:])
+    clear = np.abs(ref) > 2 * step
+    np.testing.assert_array_equal(unpooled8[clear] != 0, True)
+    np.testing.assert_array_equal(unpooled8[ref == 0], 0)
+    np.testing.assert_allclose(unpooled8, ref, atol=2 * step)
+
+
+def _dequantised_scale(interpreter, output_index) -> float:
+    """The quantisation scale of the int8 tensor that the DEQUANTIZE writing a float output
+    reads."""
+    for op in interpreter._get_ops_details():
+        if op["op_name"] == "DEQUANTIZE" and output_index in list(op["outputs"]):
+            source = interpreter._get_tensor_details(int(op["inputs"][0]), 0)
+            return float(source["quantization"][0])
+    raise AssertionError(f"no DEQUANTIZE writes tensor {output_index}")
 
 
 def numpy_transposed_conv(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, stride: int):
@@ -208,27 +263,60 @@ def test_leaky_decomposed_prelu_is_prelu():
         LeakyDecomposedPReLU(slope=0.0)
 
 
+def test_deployable_picks_the_prelu_form_its_slopes_allow():
+    inputs = keras.Input((4, 4, 2))
+    prelu = keras.layers.PReLU(shared_axes=[1, 2], name="act")
+    model = keras.Model(inputs, prelu(inputs))
+    x = np.random.default_rng(5).normal(size=(1, 4, 4, 2)).astype(np.float32)
+    for slopes, form in (([0.2, 1.0], LeakyDecomposedPReLU), ([0.2, 1.5], LeakyDecomposedPReLU),
+                         ([0.0, -0.3], LeakyDecomposedPReLU)):
+        prelu.set_weights([np.array(slopes, np.float32).reshape(1, 1, 2)])
+        fast = deployable(model, integer=True)
+        assert type(fast.get_layer("act")) is form
+        np.testing.assert_allclose(keras_predict(fast, x), keras_predict(model, x), atol=1e-6)
+    # Slopes all under NEGLIGIBLE_SLOPE: a ReLU in int8, off by at most |alpha * x|, which is
+    # under half an int8 step of the layer's range; fp32 keeps the PReLU.
+    prelu.set_weights([np.array([0.0, -0.0015], np.float32).reshape(1, 1, 2)])
+    fast = deployable(model, integer=True)
+    assert type(fast.get_layer("act")) is keras.layers.ReLU
+    got, want = keras_predict(fast, x), keras_predict(model, x)
+    np.testing.assert_array_equal(got, np.maximum(x, 0))
+    assert np.abs(got - want).max() < 0.5 * (x.max() - x.min()) / 255
+    assert deployable(model, integer=False) is model
+
+
 @pytest.mark.slow
-def test_deployable_enet_computes_the_same_and_runs_int8_without_prelu_or_deconv():
+def test_deployable_enet_computes_the_same_and_runs_int8_in_one_xnnpack_partition():
     from edgeseg.converters.tflite import convert_keras_to_tflite, tflite_op_names
     from edgeseg.models import build
+    from edgeseg.runtime_tflite import delegation, load_interpreter
 
     model = build("enet", 5, (48, 64, 3))
     rng = np.random.default_rng(0)
+    # Untrained, its slopes are all 0: ReLUs in int8, which stay in the one partition too.
+    untrained = convert_keras_to_tflite(
+        model, "int8", lambda: (rng.random((48, 64, 3), dtype=np.float32) for _ in range(4))
+    )
+    assert "PRELU" not in tflite_op_names(untrained)
+    plan = delegation(load_interpreter(model_content=untrained))
+    assert plan["partitions"] == 1 and plan["outside"] == {}, plan
     for weight in model.weights:
-        if "alpha" in weight.path:  # slopes away from PReLU's initial 0.25
+        if "alpha" in weight.path:  # trained slopes, as ENet learns them
             weight.assign(rng.uniform(0, 0.6, weight.shape).astype(np.float32))
     x = rng.random((1, 48, 64, 3), dtype=np.float32)
     for integer in (False, True):
         fast = deployable(model, integer=integer)
         kinds = {type(layer).__name__ for layer in fast.layers}
-        assert "SubpixelConvTranspose" in kinds
+        assert {"SubpixelConvTranspose", "SwitchMaxPool", "SwitchUnpool"} <= kinds
         assert ("LeakyDecomposedPReLU" in kinds) == integer
         np.testing.assert_allclose(keras_predict(fast, x), keras_predict(model, x), atol=1e-4)
     int8 = convert_keras_to_tflite(
         model, "int8", lambda: (rng.random((48, 64, 3), dtype=np.float32) for _ in range(8))
     )
     ops = tflite_op_names(int8)
-    assert "PRELU" not in ops and "LEAKY_RELU" in ops
+    assert "PRELU" not in ops and "LEAKY_RELU" not in ops
     # Every transposed convolution became a convolution and a depth-to-space TRANSPOSE.
     assert "TRANSPOSE" in ops and "TRANSPOSE_CONV" not in ops
+    # The whole int8 graph is one XNNPACK partition: nothing runs in the reference kernels.
+    plan = delegation(load_interpreter(model_content=int8))
+    assert plan["partitions"] == 1 and plan["outside"] == {}, plan

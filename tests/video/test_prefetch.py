@@ -86,17 +86,21 @@ def test_an_in_order_source_is_read_at_most_depth_frames_ahead(depth):
 
 def test_a_live_source_keeps_only_the_newest_frames_and_counts_the_others():
     source = LiveCounter(dropped=4)
-    with Prefetcher(source, depth=1) as prefetched:
+    prepared = []
+    with Prefetcher(source, prepare=lambda f: prepared.append(int(f[0, 0, 0])),
+                    depth=1) as prefetched:
         seen = []
         for _ in range(5):
             item = prefetched.get()
             seen.append(int(item.frame[0, 0, 0]))
             time.sleep(0.03)  # a slow consumer: the source runs ahead
-    assert source.closed  # closed by the prefetcher, which woke its worker
+    assert source.closed  # closed by the prefetcher, which woke its workers
     assert seen == sorted(seen) and len(set(seen)) == 5
     assert prefetched.discarded >= 5  # ~15 frames per 30 ms sleep, one kept
-    # Frames read = frames taken + frames discarded + at most the one queued at the end.
-    assert source.index - len(seen) - prefetched.discarded in (0, 1)
+    # Only frames handed out were prepared, and at most one more waiting at the end.
+    assert prepared[: len(seen)] == seen and len(prepared) - len(seen) in (0, 1)
+    # Frames read = taken + discarded + at most the newest and one prepared, at the end.
+    assert source.index - len(seen) - prefetched.discarded in (0, 1, 2)
     assert prefetched.stats() == {"dropped": 4 + prefetched.discarded, "skipped": 1,
                                   "reopened": 2}
 
@@ -128,3 +132,54 @@ def test_capture_runs_in_the_worker_while_the_caller_works():
 def test_depth_below_one_is_refused():
     with pytest.raises(ValueError, match="depth .* at least 1, got 0"):
         Prefetcher([], depth=0)
+
+
+def test_with_infer_every_frame_of_an_in_order_source_is_inferred_in_order_in_a_worker():
+    frames = numbered(9)
+    threads = {}
+
+    def prepare(frame):
+        threads.setdefault("prepare", set()).add(threading.current_thread().name)
+        return int(frame[0, 0, 0])
+
+    def infer(prepared):
+        threads.setdefault("infer", set()).add(threading.current_thread().name)
+        time.sleep(0.002)
+        return prepared * 100
+
+    with Prefetcher(CountingSource(frames), prepare, infer=infer) as prefetched:
+        items = list(prefetched)
+    assert [item.output for item in items] == [100 * i for i in range(9)]
+    assert [item.frame for item in items] == frames  # the very frames, in order
+    assert all(item.inference_ms >= 2 for item in items)
+    # Reading, inference and the caller: three threads, so that each overlaps the others.
+    assert len(threads["prepare"] | threads["infer"] | {threading.current_thread().name}) == 3
+
+
+def test_with_infer_a_live_source_has_only_its_newest_frames_prepared_and_inferred():
+    source = LiveCounter(period=0.001)
+    inferred = []
+
+    def infer(frame):
+        inferred.append(int(frame[0, 0, 0]))
+        time.sleep(0.01)  # the model: ~10 source frames per inference
+        return inferred[-1]
+
+    with Prefetcher(source, infer=infer) as prefetched:
+        seen = [prefetched.get().output for _ in range(6)]
+    assert seen == sorted(seen) and len(set(seen)) == 6
+    assert inferred[: len(seen)] == seen and len(inferred) - len(seen) in (0, 1)
+    assert prefetched.discarded >= 6
+
+
+def test_an_error_in_infer_comes_after_the_frames_inferred_before_it():
+    def infer(prepared):
+        if prepared[0, 0, 0] == 3:
+            raise KeyboardInterrupt  # as Ctrl-C in the model
+        return int(prepared[0, 0, 0])
+
+    with Prefetcher(numbered(6), infer=infer) as prefetched:
+        assert [prefetched.get().output for _ in range(3)] == [0, 1, 2]
+        with pytest.raises(KeyboardInterrupt):
+            prefetched.get()
+        assert prefetched.get() is None
