@@ -132,6 +132,18 @@ def cpu_description() -> dict:
             "avx512": "avx512f" in flags}
 
 
+def vnni_text(device: dict) -> str:
+    return ", ".join(device["vnni"]) if device["vnni"] else "no VNNI"
+
+
+def write_results(report: dict, out: Path, markdown) -> None:
+    """``OUT.json`` (the report) and ``OUT.md`` (``markdown(report)``), printed too."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    out.with_suffix(".md").write_text(markdown(report))
+    print(markdown(report))
+
+
 def export_pair(name: str, size: tuple[int, int], num_classes: int, folder: Path) -> dict:
     """fp32 and int8 .tflite of one zoo model at one size, and its MAC count."""
     import keras
@@ -239,7 +251,7 @@ def main() -> None:
 def markdown(report: dict) -> str:
     """One line per model, size and thread count: fp32 and int8 side by side."""
     device = report["device"]
-    vnni = ", ".join(device["vnni"]) if device["vnni"] else "no VNNI"
+    vnni = vnni_text(device)
     peaks = ", ".join(f"{t} thread{'s' if t != '1' else ''} {g:.0f}"
                       for t, g in report["sgemm_gflops"].items())
     lines = [

@@ -12,8 +12,8 @@ loop, not the camera, sets the frame rate; frames it cannot keep up with are dro
 camera. Two inference-only rates are reported: ``inference_fps``, 1000 / the median inference
 ms measured inside the demo run (what the demo's summary reports; it shares the CPU with the
 stages around it), and ``alone_fps``, the same segmenter's inference timed on its own for
-``--alone-seconds`` just before the run, with the same thread count (what the model gives with
-the whole CPU). ``fps`` counts every displayed frame over the wall time, capture,
+``--alone-seconds`` just before and just after the run (the mean), with the same thread count
+(what the model gives with the whole CPU). ``fps`` counts every displayed frame over the wall time, capture,
 preprocessing, postprocessing and drawing included; the ratios are ``fps`` over each.
 """
 
@@ -55,6 +55,35 @@ def inference_alone_fps(segmenter, size: tuple[int, int], seconds: float) -> flo
     return 1.0 / float(np.median(times))
 
 
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces the table (without --out, --before and --note)."""
+    return (f"python benchmarks/demo_fps.py {' '.join(args.artifacts)} --sizes {args.sizes} "
+            f"--seconds {args.seconds:g} --source-fps {args.source_fps:g} "
+            f"--alone-seconds {args.alone_seconds:g}"
+            + (f" --threads {args.threads}" if args.threads else ""))
+
+
+def compare(rows: list[dict], before: list[dict], label: str) -> list[str]:
+    """Markdown lines: each row's fps and ratios beside the same model and frame's earlier."""
+    earlier = {(Path(r["artifact"]).name, r["frame_size"]): r for r in before}
+    lines = [
+        f"\n## Against {label}\n",
+        "| model | frame | end-to-end fps | ratio (in run) | ratio to alone | "
+        "end-to-end fps, now | ratio (in run), now | ratio to alone, now |",
+        "|---" * 8 + "|",
+    ]
+    for r in rows:
+        b = earlier.get((Path(r["artifact"]).name, r["frame_size"]))
+        if b is None:
+            continue
+        lines.append(
+            f"| {Path(r['artifact']).name} | {r['frame_size']} | {b['fps']:.1f} | "
+            f"{b['ratio']:.2f} | {b['ratio_alone']:.2f} | {r['fps']:.1f} | {r['ratio']:.2f} | "
+            f"{r['ratio_alone']:.2f} |"
+        )
+    return lines
+
+
 def main() -> None:
     from edgeseg.bench.fingerprint import device_fingerprint
     from edgeseg.demos.segment_live import run_demo
@@ -69,6 +98,11 @@ def main() -> None:
     parser.add_argument("--alone-seconds", type=float, default=4.0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default="benchmarks/results/demo_fps_cpu")
+    parser.add_argument("--before", default=None, metavar="FILE.json",
+                        help="an earlier run's JSON (e.g. of the code before a change) to "
+                        "compare with, row by row")
+    parser.add_argument("--before-label", default="before")
+    parser.add_argument("--note", default="", help="a paragraph for the .md (the models used)")
     args = parser.parse_args()
 
     frames = int(args.seconds * args.source_fps)
@@ -80,6 +114,9 @@ def main() -> None:
             alone = inference_alone_fps(segmenter, parse_size(size), args.alone_seconds)
             source = f"synthetic?size={size}&fps={args.source_fps:g}&frames={frames}&live=1"
             summary = run_demo(segmenter, source, output="none", print_summary=False)
+            # Timed again after the run: other load on the machine shifts both alike.
+            alone = (alone + inference_alone_fps(segmenter, parse_size(size),
+                                                 args.alone_seconds)) / 2
             stages = {k: v["median"] for k, v in summary["stages_ms"].items()}
             rows.append({"artifact": path, "frame_size": size,
                          "model_input": "x".join(map(str, summary["model_input"])),
@@ -91,20 +128,21 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     device = {**device_fingerprint(), "cpu_flags": cpu_flags()}
-    out.with_suffix(".json").write_text(json.dumps({"device": device, "rows": rows}, indent=2))
+    before = json.loads(Path(args.before).read_text())["rows"] if args.before else []
+    out.with_suffix(".json").write_text(json.dumps(
+        {"device": device, "command": command_line(args), "rows": rows,
+         "before": {"label": args.before_label, "rows": before} if before else None}, indent=2))
     stage_names = list(rows[0]["stages_ms_median"])
     flags = device["cpu_flags"]
     vnni = ", ".join(f for f in ("avx512_vnni", "avx_vnni") if flags.get(f)) or "no VNNI"
-    command = (f"python benchmarks/demo_fps.py {' '.join(args.artifacts)} --sizes {args.sizes} "
-               f"--seconds {args.seconds:g} --source-fps {args.source_fps:g}"
-               + (f" --threads {args.threads}" if args.threads else ""))
     lines = [
         "# Demo loop: end-to-end fps against inference-only fps (synthetic live source)\n",
         f"Device: {device.get('cpu_model') or platform.processor()} ({vnni}), "
         f"{os.cpu_count()} cores; LiteRT threads: {args.threads or 'default'}.\n",
-        f"Command: `{command}`; the source is paced at {args.source_fps:g} fps for "
+        *([args.note + "\n"] if args.note else []),
+        f"Command: `{command_line(args)}`; the source is paced at {args.source_fps:g} fps for "
         f"{frames} frames, output none. inference fps: 1000 / median inference ms inside the "
-        "run; alone fps: the same model's inference timed alone just before it.\n",
+        "run; alone fps: the same model's inference timed alone just before and after it.\n",
         "| model | frame | model input | frames | dropped | end-to-end fps | inference fps | "
         "ratio | alone fps | ratio to alone | "
         + " | ".join(f"{s} ms" for s in stage_names) + " |",
@@ -117,6 +155,8 @@ def main() -> None:
             f"{r['ratio']:.2f} | {r['alone_fps']:.1f} | {r['ratio_alone']:.2f} | "
             + " | ".join(f"{r['stages_ms_median'][s]:.1f}" for s in stage_names) + " |"
         )
+    if before:
+        lines += compare(rows, before, args.before_label)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -31,7 +31,13 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_zoo import cpu_description, sgemm_peak_gflops, timed_runs  # noqa: E402
+from bench_zoo import (  # noqa: E402
+    cpu_description,
+    sgemm_peak_gflops,
+    timed_runs,
+    vnni_text,
+    write_results,
+)
 
 STAGES = (
     ("initial", "initial_prelu"),
@@ -140,16 +146,12 @@ def main() -> None:
             print(json.dumps(row), flush=True)
         keras.backend.clear_session()
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    out.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    write_results(report, Path(args.out), markdown)
 
 
 def markdown(report: dict) -> str:
     device = report["device"]
-    vnni = ", ".join(device["vnni"]) if device["vnni"] else "no VNNI"
+    vnni = vnni_text(device)
     peaks = ", ".join(f"{t} threads {g:.0f}" for t, g in report["sgemm_gflops"].items())
     lines = [
         f"# ENet int8 against fp32, stage by stage and per convolution: {device['cpu']}\n",

@@ -4,11 +4,12 @@
     edgeseg demo --model unet.tflite --source clip.mp4 --output out.mp4 --summary run.json
     python -m edgeseg.demos.segment_live --model unet.tflite --source synthetic --view side
 
-A worker thread (``edgeseg.video.Prefetcher``) captures and preprocesses the next frame while
-this loop runs inference, postprocessing and drawing on the current one. Keys in a window: q or
-Esc quit, space pause, m cycles the views (overlay, mask, side by side), s saves a snapshot.
-Ctrl-C and the end of the stream end the run cleanly. An instance model (Mask R-CNN) runs
-through an ``InstanceSegmenter``: each instance's mask, box and "class score".
+Worker threads (``edgeseg.video.Prefetcher``) capture, preprocess and run the model on the next
+frame while this loop postprocesses, draws and writes the current one; a live source's newest
+frame is taken when the model is free for it, a file's frames all, in order. Keys in a window:
+q or Esc quit, space pause, m cycles the views (overlay, mask, side by side), s saves a
+snapshot. Ctrl-C and the end of the stream end the run cleanly. An instance model (Mask R-CNN)
+runs through an ``InstanceSegmenter``: each instance's mask, box and "class score".
 """
 
 from __future__ import annotations
@@ -44,22 +45,23 @@ def run_demo(model: Any, source: Any, output: Any = "none", alpha: float = 0.5,
     run = LiveRun(view, max_frames, snapshot_dir, record_frames)
     segmenter = open_segmenter(model, threads=threads, resize=resize)
     drawer = frame_drawer(segmenter, alpha=alpha, show_hud=show_hud)
+
+    def infer(prepared):
+        return segmenter.infer(prepared[0])
+
     with (
         as_source(source) as frames,
         as_sink(output) as sink,
-        Prefetcher(frames, segmenter.preprocess, depth=queue_size) as prefetched,
+        Prefetcher(frames, segmenter.preprocess, depth=queue_size, infer=infer) as prefetched,
         run,  # ends the loop cleanly on Ctrl-C or an error; the sink and source close after
     ):
         while not run.finished:
-            item = prefetched.get()  # captured and preprocessed ahead, in the worker thread
+            item = prefetched.get()  # captured, preprocessed and inferred in the workers
             if item is None:
                 break  # the end of the stream
             run.begin_frame(item)
-            batch, geometry = item.prepared
-            with run.stage("inference"):
-                outputs = segmenter.infer(batch)
             with run.stage("postprocess"):
-                result = segmenter.postprocess(outputs, geometry)
+                result = segmenter.postprocess(item.output, item.prepared[1])
             with run.stage("draw"):
                 canvas = drawer.draw(item.frame, result, run.view, run.status())
             with run.stage("output"):

@@ -18,7 +18,6 @@ import json
 import time
 from pathlib import Path
 
-
 TRAIN_SIZE = (240, 180)  # (W, H) the quickstart trains and exports at
 PAPER_SIZES = [(480, 320), (640, 360)]  # the ENet paper's Jetson TX1 resolutions
 

@@ -75,7 +75,7 @@ class FrameDrawer:
         """The view, with the legend and the heads-up text ``hud`` on top (with ``show_hud``)."""
         canvas = self.compose(frame, result, view)
         if self.show_hud:
-            scale = float(np.clip(canvas.shape[0] / 960, 0.3, 0.8))
+            scale = min(max(canvas.shape[0] / 960, 0.3), 0.8)  # text size follows the height
             self._paste_legend(canvas, result, scale)
             if hud:
                 self._draw_hud(canvas, hud, scale)

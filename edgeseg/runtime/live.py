@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import statistics
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -108,7 +109,8 @@ class StageTimes:
         if len(self._done) < 2:
             return "measuring..."
         fps = (len(self._done) - 1) / max(self._done[-1] - self._done[0], 1e-9)
-        recent = {s: float(np.median(v[-HUD_WINDOW:])) for s, v in self.ms.items()}
+        # statistics.median: on 30 numbers, a tenth of np.median's cost (every frame, 7 times).
+        recent = {s: statistics.median(v[-HUD_WINDOW:]) for s, v in self.ms.items()}
         return (
             f"{fps:.1f} fps | cap {recent['capture']:.1f} pre {recent['preprocess']:.1f} "
             f"inf {recent['inference']:.1f} post {recent['postprocess']:.1f} "

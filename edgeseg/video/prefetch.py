@@ -3,9 +3,11 @@
 ``Prefetcher(source, segmenter.preprocess, infer=...)`` runs a small pipeline, so that on a
 live source or a file the end-to-end frame rate stays close to the inference-only rate::
 
-    with open_source("0") as frames, Prefetcher(frames, segmenter.preprocess,
-                                                infer=lambda p: segmenter.infer(p[0])) as prefetched:
-        for item in prefetched:
+    def infer(prepared):
+        return segmenter.infer(prepared[0])
+
+    with open_source("0") as frames, Prefetcher(frames, segmenter.preprocess, infer=infer) as ahead:
+        for item in ahead:
             labels = segmenter.postprocess(item.output, item.prepared[1])
             ...  # draw and show frame N while the worker infers frame N+1
 
@@ -15,8 +17,8 @@ caller, and one more in the making). From a live source one thread takes each fr
 arrives, keeping only the newest (the others count in ``discarded``), and another prepares and
 infers the newest frame as soon as the model is free: no frame is prepared only to be thrown
 away, the model is not kept waiting, and inference starts on a frame at most one source period
-old. (Without ``infer``, the newest frame is prepared when the caller has room for it.) The frames, and what ``prepare`` and
-``infer`` make of them, pass through untouched.
+old (without ``infer``, the newest frame is prepared when the caller has room for it). The
+frames, and what ``prepare`` and ``infer`` make of them, pass through untouched.
 """
 
 from __future__ import annotations
@@ -147,22 +149,25 @@ class Prefetcher:
             self._condition.wait(0.1)
         return not self._stop.is_set()
 
-    def _next_input(self) -> PrefetchedFrame | None:
+    def _next_input(self, wait: bool = True) -> PrefetchedFrame | None:
         """The next prepared frame (in order) or the newest frame (live, prepared here); None
-        at the end. Without ``infer``, a live frame is taken only once the caller has room, so
-        that it is as fresh as can be; with it, at once, so that the model is never idle."""
+        at the end, or with ``wait=False`` when there is none yet. Without ``infer``, a live
+        frame is taken only once the caller has room, so that it is as fresh as can be; with
+        it, at once, so that the model is never idle."""
         with self._condition:
             if self.live and self._infer is None and not self._wait_for_room():
                 return None
             t0 = time.perf_counter()
             if self.live:
-                while self._newest is None and not self._captured_all and not self._stop.is_set():
+                while (wait and self._newest is None and not self._captured_all
+                       and not self._stop.is_set()):
                     self._condition.wait(0.1)
                 if self._stop.is_set() or self._newest is None:
                     return None
                 (frame, arrived), self._newest = self._newest, None
             else:
-                while not self._ready and not self._captured_all and not self._stop.is_set():
+                while (wait and not self._ready and not self._captured_all
+                       and not self._stop.is_set()):
                     self._condition.wait(0.1)
                 if self._stop.is_set() or not self._ready:
                     return None
@@ -180,19 +185,29 @@ class Prefetcher:
         """Prepares the newest live frame and runs ``infer``; at most ``depth`` results wait
         for the caller, and one more is being made."""
         try:
-            while True:
-                item = self._next_input()
-                if item is None:
-                    break
+            item = self._next_input()
+            while item is not None:
+                following, failed = None, None
                 if self._infer is not None:
                     t0 = time.perf_counter()
                     item.output = self._infer(item.prepared)
                     item.inference_ms = 1e3 * (time.perf_counter() - t0)
+                    # A next input already there is taken and prepared before this result
+                    # wakes the caller: the caller's drawing then runs beside the model (which
+                    # lets go of the GIL), not beside preparation, whose many short OpenCV
+                    # calls it would hold up for a GIL switch interval (5 ms) each time.
+                    try:
+                        following = self._next_input(wait=False)
+                    except BaseException as error:  # after this frame, which is done
+                        failed = error
                 with self._condition:
                     if not self._wait_for_room():
                         break
                     self._items.append(item)
                     self._condition.notify_all()
+                if failed is not None:
+                    raise failed
+                item = following or self._next_input()
         except BaseException as error:  # handed to the caller's thread, which raises it
             self._process_error = error
         finally:

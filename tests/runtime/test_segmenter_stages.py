@@ -56,6 +56,10 @@ class FakeInterpreter:
         assert index == 1
         return self.output.copy()
 
+    def tensor(self, index):
+        assert index == 1
+        return lambda: self.output  # LiteRT's view of its buffer, no copy
+
 
 class FakeTFLitePredictor(Predictor):
     """A .tflite predictor (as ``TFLitePredictor``) around a :class:`FakeInterpreter`."""
@@ -84,7 +88,6 @@ def reference_labels(predictor: Predictor, frame: np.ndarray, scale: float, offs
 @pytest.mark.parametrize(("scale", "offset"), NORMALISATIONS)
 def test_the_float_lookup_is_normalising_each_pixel(scale, offset):
     image = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
-    image[0, :256 % 30] = 0
     image.reshape(-1)[:256] = np.arange(256)  # every value at least once
     got = cv2.LUT(image, input_lookup(scale, offset))
     np.testing.assert_array_equal(got, image.astype(np.float32) * scale + offset)
@@ -105,7 +108,7 @@ def test_the_quantised_lookup_is_what_the_runtime_feeds_an_integer_model(
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.float32, np.float16, np.int32])
-@pytest.mark.parametrize("classes", [2, 5, 12, 128, 256])
+@pytest.mark.parametrize("classes", [2, 5, 12, 256])
 def test_channel_argmax_is_numpys_argmax_ties_included(dtype, classes):
     rng = np.random.default_rng(classes)
     # Few distinct values: many pixels have equal maxima, where the first class must win.
@@ -147,3 +150,35 @@ def test_a_tflite_model_fed_directly_gives_the_labels_of_the_float_path(dtype, r
     np.testing.assert_array_equal(raw.argmax(-1), dequantised.argmax(-1))
     if resize == "resize":  # and both are the label map of the definitions
         np.testing.assert_array_equal(labels, reference_labels(float_path, frame, 2 / 255, -1.0))
+
+
+@pytest.fixture(scope="module")
+def int8_tflite(tmp_path_factory):
+    """A tiny U-Net as a full-int8 .tflite with uint8 input and output (converts with TF)."""
+    pytest.importorskip("tensorflow")
+    from edgeseg.converters.tflite import convert_keras_to_tflite
+    from edgeseg.models import build
+
+    model = build("unet", 5, (24, 32, 3), filters=4, depth=2)
+    rng = np.random.default_rng(0)
+
+    def calibration():
+        for _ in range(8):
+            yield rng.random((1, 24, 32, 3), dtype=np.float32)
+
+    path = tmp_path_factory.mktemp("int8") / "unet_int8.tflite"
+    path.write_bytes(convert_keras_to_tflite(model, "int8", calibration, io_type="uint8"))
+    return path
+
+
+@pytest.mark.slow
+def test_a_real_int8_model_fed_directly_gives_the_labels_of_the_float_path(int8_tflite):
+    from edgeseg.runtime import load_predictor
+
+    predictor = load_predictor(int8_tflite)
+    segmenter = Segmenter(predictor)
+    frame = np.random.default_rng(2).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    batch, _ = segmenter.preprocess(frame)
+    assert batch.dtype == np.uint8 and segmenter.infer(batch).dtype == np.uint8
+    np.testing.assert_array_equal(
+        segmenter(frame), reference_labels(predictor, frame, segmenter.scale, segmenter.offset))
