@@ -70,6 +70,7 @@ class ExportRequest:
     num_val: int = 20
     max_miou_drop: float | None = None  # in mIoU points (mask AP points for instance models)
     qat_epochs: int = 2
+    runtime: str | None = None  # a .tflite's target runtime, "tflite-runtime==2.14.0"
 
 
 # --- what differs between tasks ------------------------------------------------------------------
@@ -258,6 +259,14 @@ def validate_export(reference_model, artifact: Path, images, labels, num_classes
 
 def export(request: ExportRequest) -> dict:
     """Exports, validates and writes the sidecar and the report; returns the report."""
+    if request.runtime:  # a runtime that cannot be checked fails before anything is read
+        from edgeseg.runtimes import runtime_support
+
+        fmt = EXPORT_FORMATS.get(request.format)
+        if fmt is not None and fmt.artifact != "tflite":
+            raise ValueError(f"--runtime names a TFLite runtime; --format {fmt.name} writes "
+                             f"{fmt.artifact or 'a folder'}")
+        runtime_support(request.runtime)
     source_path = Path(request.model).expanduser()
     artifact = open_artifact(source_path)
     if artifact.format != "keras":
@@ -287,7 +296,7 @@ def export(request: ExportRequest) -> dict:
     job = ConversionJob(model=model, quant=request.quant, io=request.io, calibration=calibration,
                         train_spec=train_spec, qat_epochs=request.qat_epochs, destination=out)
     started = time.time()
-    quant_mode = _convert(task, row, job, out)
+    quant_mode, runtimes = _convert(task, row, job, out, request.runtime)
     seconds = time.time() - started
 
     sidecar = {
@@ -304,6 +313,8 @@ def export(request: ExportRequest) -> dict:
         "input_size": list(size),
         "normalisation": artifact.normalisation,
     }
+    if runtimes is not None:
+        sidecar["runtimes"] = runtimes
     if row.metadata:
         sidecar["embedded_metadata"] = _embed_metadata(task, row, out, sidecar)
     write_sidecar(out, sidecar)
@@ -315,6 +326,7 @@ def export(request: ExportRequest) -> dict:
         "artifact_bytes": _size_of(out),
         "convert_seconds": seconds,
         "quant_mode": quant_mode,
+        "runtimes": runtimes,
         "validation": None,
         "passed": True,
     }
@@ -340,15 +352,40 @@ def _destination(request: ExportRequest, row: ExportFormat, source: Path) -> Pat
     return out
 
 
-def _convert(task: TaskExport, row: ExportFormat, job: ConversionJob, out: Path) -> str:
-    """Runs the converter into a temporary beside ``out``, then the row's check; renames it onto
-    ``out`` only when both pass. Returns the quantisation mode the converter applied."""
+def _convert(task: TaskExport, row: ExportFormat, job: ConversionJob, out: Path,
+             runtime: str | None = None) -> tuple[str, dict | None]:
+    """Runs the converter into a temporary beside ``out``, then the row's check and, for a
+    .tflite, the runtime check (:func:`edgeseg.converters.tflite.check_runtimes`); renames it
+    onto ``out`` only when all pass. With a target ``runtime`` that cannot load the file, the
+    conversion is made again in the forms older runtimes have
+    (:data:`edgeseg.converters.tflite.RUNTIME_FORMS`) before the export fails.
+
+    Returns the quantisation mode the converter applied and the runtimes the file was checked
+    against (None for other formats).
+    """
+    import dataclasses
+
     converter = resolve(task.converters.get(row.name, row.converter))
+    runtimes = None
     with atomic_path(out, folder=row.folder) as temporary:
-        quant_mode = converter(job, temporary)
-        if row.check:
-            resolve(row.check)(temporary)
-    return quant_mode
+        if row.artifact != "tflite":
+            quant_mode = converter(job, temporary)
+            if row.check:
+                resolve(row.check)(temporary)
+            return quant_mode, None
+        from edgeseg.converters.tflite import RUNTIME_FORMS, RuntimeTargetError, check_runtimes
+
+        for attempt, forms in enumerate(RUNTIME_FORMS if runtime else RUNTIME_FORMS[:1]):
+            quant_mode = converter(dataclasses.replace(job, forms=forms), temporary)
+            if row.check:
+                resolve(row.check)(temporary)
+            try:
+                runtimes = check_runtimes(temporary, runtime)
+                break
+            except RuntimeTargetError:
+                if attempt == len(RUNTIME_FORMS) - 1:
+                    raise
+    return quant_mode, runtimes
 
 
 def _embed_metadata(task: TaskExport, row: ExportFormat, out: Path, fields: dict) -> bool | str:

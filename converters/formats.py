@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,8 @@ class ConversionJob:
     train_spec: str | None = None  # the training data spec (QAT fine-tunes on it)
     qat_epochs: int = 2
     destination: Path | None = None  # where the artifact will be renamed to (for side files)
+    forms: dict = field(default_factory=dict)  # converter options for an older runtime
+    # (edgeseg.converters.tflite.RUNTIME_FORMS)
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,8 @@ def in_layers(layers: list[str]):
 
 
 def convert_instance_tflite(model, quant: str, calibration,
-                            max_layer_error: float = MAX_LAYER_ERROR) -> tuple[bytes, str]:
+                            max_layer_error: float = MAX_LAYER_ERROR,
+                            per_tensor_dense: bool = False) -> tuple[bytes, str]:
     """(flatbuffer, quantisation mode): int8 kernels for the networks, float for the geometry.
 
     With ``quant`` int8, the backbone, FPN, RPN and heads run int8 kernels; the geometry
@@ -102,7 +103,8 @@ def convert_instance_tflite(model, quant: str, calibration,
     from edgeseg.models.maskrcnn.network import PREDICTION_LAYERS
 
     if quant != "int8":
-        return convert_keras_to_tflite(model, quant), quant
+        blob = convert_keras_to_tflite(model, quant, per_tensor_dense=per_tensor_dense)
+        return blob, quant + (" (dense weights per tensor)" if per_tensor_dense else "")
     geometry = geometry_layers(model)
     blob, _, noisy = convert_selective_int8(
         model, lambda: iter(calibration), keep_float=in_layers([*geometry, *PREDICTION_LAYERS]),
@@ -118,7 +120,7 @@ def convert_instance_tflite(model, quant: str, calibration,
 def write_instance_tflite(job, path) -> str:
     """The instance task's TFLite converter (in place of the formats table's): the whole graph,
     int8 where it holds (:func:`convert_instance_tflite`). Returns the quantisation mode."""
-    blob, mode = convert_instance_tflite(job.model, job.quant, job.calibration)
+    blob, mode = convert_instance_tflite(job.model, job.quant, job.calibration, **job.forms)
     Path(path).write_bytes(blob)
     return mode
 

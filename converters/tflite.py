@@ -23,6 +23,7 @@ def convert_keras_to_tflite(
     quant: str = "none",
     representative_data: Callable[[], Iterable[np.ndarray]] | None = None,
     io_type: str = "float32",
+    per_tensor_dense: bool = False,
 ) -> bytes:
     """Converts a Keras 3 model with one image input to a TFLite flatbuffer (batch size 1).
 
@@ -31,6 +32,10 @@ def convert_keras_to_tflite(
         representative_data: for ``int8``, a callable returning an iterable of float32 images
             (H, W, C) or batches (1, H, W, C) in the model's input range; 100-500 images is usual.
         io_type: input / output type of a full-int8 model; other modes take float32 only.
+        per_tensor_dense: quantise dense layers' weights per tensor, not per output channel.
+            A ``dynamic`` export's per-channel hybrid FULLY_CONNECTED is version 12, which
+            older runtimes (tflite-runtime 2.14) have no kernel for; per tensor it is version 9.
+            ``edgeseg export --runtime`` falls back to it (:data:`RUNTIME_FORMS`).
     """
 
     if quant not in QUANT_MODES:
@@ -51,6 +56,8 @@ def convert_keras_to_tflite(
     with tempfile.TemporaryDirectory(prefix="edgeseg-tflite-") as saved_model_dir:
         converter = _saved_model_converter(model, saved_model_dir)
         _configure(converter, quant, representative_data, io_type)
+        if per_tensor_dense:
+            converter._experimental_disable_per_channel_quantization_for_dense_layers = True
         return run_converter(converter)
 
 
@@ -223,9 +230,71 @@ def write_tflite(job, path) -> str:
                                  epochs=job.qat_epochs)
     else:
         representative = (lambda: iter(job.calibration)) if job.quant == "int8" else None
-        blob = convert_keras_to_tflite(job.model, job.quant, representative, io_type=job.io)
+        blob = convert_keras_to_tflite(job.model, job.quant, representative, io_type=job.io,
+                                       **job.forms)
     Path(path).write_bytes(blob)
     return job.quant
+
+
+RUNTIME_FORMS: tuple[dict, ...] = ({}, {"per_tensor_dense": True})
+"""The converter options ``edgeseg export --runtime`` tries in turn until the file loads on the
+target runtime: as edgeseg's exports are by default, then with the operator forms older
+runtimes have (measured by ``python -m edgeseg.converters.probe_runtimes``: tflite-runtime 2.14
+lacks the per-channel hybrid FULLY_CONNECTED version 12 of a ``dynamic`` Mask R-CNN)."""
+
+
+class RuntimeTargetError(RuntimeError):
+    """The export uses an operator that the target runtime (``--runtime``) cannot load."""
+
+
+def check_runtimes(path, runtime: str | None = None) -> dict[str, dict]:
+    """The written .tflite checked against every runtime edgeseg has probed
+    (``edgeseg.runtimes``): ``{"tflite-runtime==2.14.0": {"loads", "xnnpack_nodes",
+    "xnnpack_macs", "int8_without_xnnpack"}}``, for the sidecar.
+
+    With ``runtime`` (a requirement such as ``tflite-runtime==2.14.0``), a file that will not
+    load there raises :class:`RuntimeTargetError` naming the operators (so the export writes
+    nothing), and an int8 graph that would run without XNNPACK there is kept with an
+    ``Int8WithoutXNNPACKWarning`` saying what it costs and what to export instead.
+    """
+    import warnings
+
+    from edgeseg.runtime_tflite import INT8_WITHOUT_XNNPACK_COST, Int8WithoutXNNPACKWarning
+    from edgeseg.runtimes import check_graph, known_runtimes, runtime_support
+    from edgeseg.tflite_file import read_tflite
+
+    graph = read_tflite(path)
+    tables = known_runtimes()
+    if runtime:
+        target = runtime_support(runtime)
+        tables = [t for t in tables if t.requirement != target.requirement] + [target]
+    reports = {table.requirement: check_graph(graph, table) for table in tables}
+    if runtime:
+        report = reports[target.requirement]
+        if report.loads is not True:
+            from edgeseg.runtimes import _readable
+
+            problems = [f"{_readable(k)}: not in {target.requirement}" for k in report.missing]
+            problems += [f"{_readable(k)}: never probed on {target.requirement}"
+                         for k in report.unknown]
+            raise RuntimeTargetError(
+                f"--runtime {runtime}: the export would use operators that runtime cannot load "
+                f"({'; '.join(problems)}); nothing was written. Export for a newer runtime "
+                "(ai-edge-litert), or in another --quant mode")
+        if report.int8_without_xnnpack:
+            warnings.warn(
+                f"--runtime {runtime}: this int8 export loads there, but XNNPACK takes none of "
+                f"its int8 convolutions ({report.xnnpack_macs / max(report.macs, 1):.0%} of its "
+                f"MACs), so it runs on TFLite's reference int8 kernels, slower than the fp32 "
+                f"export ({INT8_WITHOUT_XNNPACK_COST}). For that runtime export "
+                "--quant none or fp16; keep int8 for ai-edge-litert",
+                Int8WithoutXNNPACKWarning, stacklevel=2)
+    return {
+        name: {"loads": r.loads, "xnnpack_nodes": f"{r.xnnpack_nodes}/{r.nodes}",
+               "xnnpack_macs": round(r.xnnpack_macs / r.macs, 4) if r.macs else None,
+               "int8_without_xnnpack": r.int8_without_xnnpack}
+        for name, r in sorted(reports.items())
+    }
 
 
 def require_builtin_ops(path) -> None:

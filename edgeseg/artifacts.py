@@ -58,7 +58,7 @@ SIDECAR_VERSION = 1
 before it existed) read as version 1 too."""
 SIDECAR_FIELDS = ("sidecar_version", "model", "task", "source", "format", "quant", "quant_mode",
                   "io", "output", "classes", "palette", "size", "input_size", "normalisation",
-                  "ignore_index", "embedded_metadata", "edgeseg_version", "created")
+                  "ignore_index", "embedded_metadata", "runtimes", "edgeseg_version", "created")
 
 _TFLITE_IDENTIFIER = b"TFL3"
 _ONNX_FIRST_BYTES = (b"\x08", b"\x12", b"\x1a", b"\x22", b"\x2a", b"\x3a", b"\x42")
@@ -156,7 +156,7 @@ def write_sidecar(path: str | os.PathLike, metadata: Mapping[str, Any]) -> Path:
     """Writes the sidecar of the model file ``path`` atomically, in the current schema."""
     from edgeseg import __version__
 
-    unknown = sorted(set(metadata) - set(SIDECAR_FIELDS) - {"runtimes"})
+    unknown = sorted(set(metadata) - set(SIDECAR_FIELDS))
     if unknown:
         raise ValueError(f"sidecar fields {unknown} are not in schema {SIDECAR_VERSION}: "
                          f"{', '.join(SIDECAR_FIELDS)}")

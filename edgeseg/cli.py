@@ -166,10 +166,15 @@ def cmd_export(args) -> int:
         model=args.model, format=args.format, quant=args.quant, out=args.out, calib=args.calib,
         num_calib=args.num_calib, io=args.io, output=args.output, size=args.size,
         val_data=args.val_data, num_val=args.num_val, max_miou_drop=args.max_miou_drop,
-        qat_epochs=args.qat_epochs,
+        qat_epochs=args.qat_epochs, runtime=args.runtime,
     ))
     print(f"wrote {report['artifact']} ({report['artifact_bytes'] / 1e6:.2f} MB) in "
           f"{report['convert_seconds']:.0f} s")
+    for runtime, fit in (report.get("runtimes") or {}).items():
+        macs = "n/a" if fit["xnnpack_macs"] is None else f"{100 * fit['xnnpack_macs']:.0f}%"
+        loads = {True: "loads", False: "does NOT load", None: "not vouched for"}[fit["loads"]]
+        print(f"{runtime}: {loads}; XNNPACK takes {fit['xnnpack_nodes']} operators, {macs} of "
+              "the MACs")
     check = report["validation"]
     if check and report["task"] == "instance":  # detections matched with the Keras model's
         iou = (f"box IoU {check['box_iou_mean']:.3f}, mask IoU {check['mask_iou_mean']:.3f} "
@@ -230,6 +235,19 @@ def cmd_bench(args) -> int:
             print(f"  note: {note[0]}: {note[1]}", flush=True)
     print(f"results appended to {args.out}" + (f"; {failed} rows failed" if failed else ""))
     return 0
+
+
+def cmd_check(args) -> int:
+    from edgeseg.runtimes import check_failures, check_model, format_check
+
+    try:
+        result = check_model(args.model, args.runtime, measure=not args.no_load)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"edgeseg check: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=1) if args.json else format_check(result))
+    # without --runtime the table is information; with it, a gate for that runtime
+    return 1 if args.runtime and check_failures(result) else 0
 
 
 def cmd_bench_report(args) -> int:
@@ -372,10 +390,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-miou-drop", type=float,
                    help="fail if mIoU (instance models: mask AP) drops more (points)")
     p.add_argument("--qat-epochs", type=int, default=2)
+    p.add_argument("--runtime", help="the TFLite runtime the .tflite is for, like a pip "
+                                     "requirement (tflite-runtime==2.14.0): fail before writing "
+                                     "when it lacks an operator the export uses; warn when an "
+                                     "int8 export would run without XNNPACK there")
     p.add_argument("--out", help="destination file")
     p.set_defaults(func=cmd_export)
 
     from edgeseg.demos.segment_live import add_arguments as add_demo_arguments
+
+    p = sub.add_parser(
+        "check", help="a .tflite's operators and versions, and for each runtime edgeseg knows "
+                      "whether it loads and how much of it XNNPACK runs (no TensorFlow needed)")
+    p.add_argument("model", help="a .tflite file")
+    p.add_argument("--runtime", help="only this runtime, written like a pip requirement "
+                                     "(tflite-runtime==2.14.0, ai-edge-litert==2.3.0); exits 1 "
+                                     "when the model will not load there or its int8 graph would "
+                                     "run without XNNPACK there")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--no-load", action="store_true",
+                   help="do not also load the model with the runtime installed here")
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("demo", help="live segmentation of a camera, stream, video or folder, "
                        "with per-stage ms / fps")

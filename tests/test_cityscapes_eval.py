@@ -34,14 +34,8 @@ from edgeseg.data.cityscapes import (
 )
 from edgeseg.evaluate import evaluate_predictor, format_report
 from edgeseg.metrics import CityscapesScores
+from tests.side_envs import side_python
 
-ROOT = Path(__file__).resolve().parents[1]
-SIDE_ENV = ROOT / ".side-envs" / "cityscapes" / "bin" / "python"
-INSTALL = (
-    "run: python3 -m venv .side-envs/cityscapes && "
-    ".side-envs/cityscapes/bin/pip install 'numpy<2.4' cityscapesscripts "
-    "(or set EDGESEG_CITYSCAPES_PYTHON to a Python that has them)"
-)
 WIDTH, HEIGHT = 64, 32
 STEMS = (("aachen", "aachen_000000_000019"), ("aachen", "aachen_000001_000019"),
          ("bochum", "bochum_000000_000313"))
@@ -72,22 +66,11 @@ print(json.dumps({key: result[key] for key in keys}))
 
 
 def cityscapes_python() -> str:
-    """The interpreter that has cityscapesscripts, or a skip that says how to make one."""
-    named = os.environ.get("EDGESEG_CITYSCAPES_PYTHON")
-    python = Path(named) if named else SIDE_ENV
-    if not python.is_file():
-        where = f"EDGESEG_CITYSCAPES_PYTHON={named} does not exist" if named else (
-            f"{SIDE_ENV.relative_to(ROOT)} does not exist")
-        pytest.skip(f"cityscapesscripts, the reference for the Cityscapes scores, is not "
-                    f"installed ({where}); {INSTALL}")
-    probe = subprocess.run(
-        [str(python), "-c", "import cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling"],
-        capture_output=True, text=True, timeout=120,
-    )
-    if probe.returncode != 0:
-        pytest.skip(f"cityscapesscripts cannot be imported by {python}: "
-                    f"{probe.stderr.strip().splitlines()[-1:]}; {INSTALL}")
-    return str(python)
+    """The interpreter that has cityscapesscripts (``.side-envs/cityscapes``, or the one named by
+    ``EDGESEG_CITYSCAPES_PYTHON``), or a skip that says how to make one."""
+    return str(side_python("cityscapes",
+                           "cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling",
+                           python=os.environ.get("EDGESEG_CITYSCAPES_PYTHON")))
 
 
 def official_scores(python: str, predictions: list[Path], ground_truth: list[Path]) -> dict:

@@ -76,6 +76,7 @@ COLUMNS = (
     "size",
     "device",
     "format",
+    "runtime",
     "quant",
     "threads",
     "model_input",
@@ -87,6 +88,7 @@ COLUMNS = (
     "peak_rss_mb",
     "model_mb",
     "graph",
+    "xnnpack",
     "xnnpack_partitions",
     "ops_outside_delegate",
     "note",
@@ -95,12 +97,13 @@ COLUMNS = (
 )
 # The Markdown table leaves out what its headings and the graph column already say.
 MARKDOWN_COLUMNS = tuple(c for c in COLUMNS if c not in (
-    "model", "model_input", "error", "xnnpack_partitions", "ops_outside_delegate"))
+    "model", "model_input", "error", "xnnpack", "xnnpack_partitions", "ops_outside_delegate"))
 HEADERS = {
     "model": "model",
     "size": "frame",
     "device": "device",
     "format": "format",
+    "runtime": "runtime",
     "quant": "quant",
     "threads": "threads",
     "model_input": "model input",
@@ -112,6 +115,7 @@ HEADERS = {
     "peak_rss_mb": "peak RSS MB",
     "model_mb": "model MB",
     "graph": "LiteRT graph",
+    "xnnpack": "XNNPACK ran the convolutions",
     "xnnpack_partitions": "XNNPACK partitions",
     "ops_outside_delegate": "ops outside the delegate",
     "note": "note",
@@ -158,7 +162,8 @@ def merge_results(paths: Iterable[str | os.PathLike]) -> list[dict]:
 
 
 def deduplicate(rows: Iterable[dict]) -> list[dict]:
-    """One row per model file, format, frame size, device and threads: the most recent one.
+    """One row per model file, format, runtime, frame size, device and threads: the most recent
+    one.
 
     Results files are appended to, so re-running a benchmark leaves the older rows in them.
     """
@@ -168,6 +173,7 @@ def deduplicate(rows: Iterable[dict]) -> list[dict]:
             str(row.get("model")).lower(),
             Path(row["artifact"]).name if row.get("artifact") else None,
             row.get("format"),
+            row.get("runtime"),
             row.get("quant"),
             row.get("size"),
             row.get("model_input"),
@@ -234,7 +240,7 @@ def _median(row: dict, stage: str) -> float | None:
 
 def table_rows(rows: Iterable[dict]) -> list[dict]:
     """The report's columns for each row, sorted by model, network input size, measured before
-    published, device, format, quantisation, threads and frame size."""
+    published, device, format, runtime, quantisation, threads and frame size."""
     records = []
     for row in rows:
         total = row.get("latency_ms") or {}
@@ -246,6 +252,7 @@ def table_rows(rows: Iterable[dict]) -> list[dict]:
                 "size": row.get("size"),
                 "device": device_label(row.get("device")),
                 "format": row.get("format"),
+                "runtime": row.get("runtime"),
                 "quant": row.get("quant"),
                 "threads": row.get("threads"),
                 "model_input": network_input(row),
@@ -257,6 +264,7 @@ def table_rows(rows: Iterable[dict]) -> list[dict]:
                 "peak_rss_mb": row.get("peak_rss_mb"),
                 "model_mb": None if model_bytes is None else model_bytes / 1e6,
                 "graph": graph_summary(row),
+                "xnnpack": row.get("xnnpack"),
                 "xnnpack_partitions": row.get("xnnpack_partitions"),
                 "ops_outside_delegate": None if outside is None else json.dumps(outside),
                 "note": row.get("note"),
@@ -272,6 +280,7 @@ def table_rows(rows: Iterable[dict]) -> list[dict]:
             r["reference"] is not None,
             r["device"],
             str(r["format"]),
+            str(r["runtime"] or ""),
             str(r["quant"]),
             r["threads"] or 0,
             _pixels(r["size"]),
@@ -384,8 +393,8 @@ def _markdown(records: list[dict]) -> str:
 
 def latency_series(records: list[dict]) -> dict[tuple[str, bool], list[tuple[int, float]]]:
     """The plot's lines: ``(label, published)`` -> [(network input pixels, median total ms)],
-    one per device, format, model, quantisation and thread count. A row whose frame was resized
-    to another network input is a point of its own, labelled with its frame."""
+    one per device, format, runtime, model, quantisation and thread count. A row whose frame
+    was resized to another network input is a point of its own, labelled with its frame."""
     series: dict[tuple, list[tuple[int, float]]] = {}
     for record in records:
         pixels = _pixels(record["model_input"])
@@ -397,6 +406,7 @@ def latency_series(records: list[dict]) -> dict[tuple[str, bool], list[tuple[int
             for part in (
                 record["model"],
                 record["format"] if not record["reference"] else None,
+                f"({record['runtime']})" if record["runtime"] else None,
                 record["quant"] if record["quant"] not in (None, "none") else None,
                 f"{record['threads']} threads" if record["threads"] else None,
                 f"(frame {record['size']})" if resized else None,

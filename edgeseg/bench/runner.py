@@ -38,11 +38,19 @@ Row schema (one JSON object per line of the results file):
 - ``peak_rss_mb``: the peak resident memory of the row's own process (Linux: ``VmHWM``, which
   unlike ``ru_maxrss`` does not inherit the parent's peak across ``exec``);
   ``tensorflow_loaded``: whether TensorFlow was imported in that process
+- ``runtime``: what ran the model, with its version: "ai-edge-litert 2.3.0" or
+  "tflite-runtime 2.14.0" (a .tflite's interpreter, as pip names it), "onnxruntime 1.22.0
+  (CPUExecutionProvider)", "keras 3.10.0 (tensorflow 2.19.0 backend)"
 - ``graph_nodes``, ``xnnpack_partitions``, ``ops_outside_delegate``: for .tflite, how LiteRT
   runs the graph (:func:`edgeseg.runtime_tflite.delegation`): the model's operators, the
   delegate's partitions (1 is one XNNPACK subgraph for the whole model), and
   ``{operator: count}`` left to LiteRT's reference kernels (``{}`` when XNNPACK runs all of
   it); None for other formats
+- ``xnnpack``: for .tflite, whether XNNPACK ran the graph's convolutions (at least one
+  partition and no convolution outside it; :func:`edgeseg.runtime_tflite.xnnpack_ran_graph`);
+  None for other formats
+- ``warnings``: what the runtime warned of the model (an int8 model whose convolutions run
+  outside XNNPACK); given again, once per artifact, in the process that runs the benchmark
 - ``model_bytes``: file size; ``error``: None, or what went wrong (then the statistics are
   None); ``timestamp``: UTC ISO 8601; ``edgeseg_version``
 """
@@ -199,9 +207,12 @@ def new_row(path: Path, job: dict) -> dict:
         "first_ms": None,
         "peak_rss_mb": None,
         "tensorflow_loaded": None,
+        "runtime": None,
         "graph_nodes": None,
         "xnnpack_partitions": None,
         "ops_outside_delegate": None,
+        "xnnpack": None,
+        "warnings": [],
         "model_bytes": artifact_bytes(path) if path.exists() else None,
         "error": None,
         "timestamp": None,
@@ -306,8 +317,19 @@ def run_isolated(job: dict, timeout: float | None = None) -> dict:
             return finish_row(row, f"TimeoutError: the benchmark process ran past {timeout:g} s "
                                    "and was stopped")
         if done.returncode == 0 and result.is_file():
-            return json.loads(result.read_text(encoding="utf-8"))
+            row = json.loads(result.read_text(encoding="utf-8"))
+            _warn_again(row)
+            return row
         return finish_row(row, _exit_error(done.returncode, done.stderr))
+
+
+def _warn_again(row: dict) -> None:
+    """The runtime's warnings of the row's model, here, once per artifact (a sweep of sizes and
+    threads loads it many times, each in its own process)."""
+    from edgeseg.runtime_tflite import warn_once
+
+    for message in row.get("warnings") or ():
+        warn_once(message, row["artifact"], stacklevel=3)
 
 
 def _worker_environment() -> dict[str, str]:
@@ -364,21 +386,20 @@ def write_jsonl(rows: Iterable[dict], path: str | os.PathLike) -> list[dict]:
 def graph_summary(row: dict) -> str | None:
     """How LiteRT ran a .tflite row's graph, in a few words ("1 XNNPACK partition, outside:
     PRELU x1"); None for other rows."""
+    from edgeseg.runtime_tflite import delegation_summary
+
     partitions = row.get("xnnpack_partitions")
     if partitions is None:
         return None
-    outside = row.get("ops_outside_delegate") or {}
-    text = f"{partitions} XNNPACK partition{'' if partitions == 1 else 's'}"
-    if outside:
-        text += ", outside: " + ", ".join(f"{op} x{count}" for op, count in outside.items())
-    return text
+    return delegation_summary(partitions, row.get("ops_outside_delegate") or {})
 
 
 def format_row(row: dict) -> str:
-    """One line for the console: model, format, size, threads, median total, fps, the graph's
-    delegation, or the error."""
+    """One line for the console: model, format and runtime, size, threads, median total, fps,
+    the graph's delegation, or the error."""
     threads = f", {row['threads']} threads" if row.get("threads") else ""
-    head = f"{row.get('model')} [{row.get('format')}] {row.get('size')}{threads}"
+    runtime = f", {row['runtime']}" if row.get("runtime") else ""
+    head = f"{row.get('model')} [{row.get('format')}{runtime}] {row.get('size')}{threads}"
     if row.get("error"):
         return f"{head}: FAILED {row['error']}"
     latency = row["latency_ms"]

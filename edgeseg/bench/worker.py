@@ -10,9 +10,12 @@ zero only when this module itself fails.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from edgeseg.bench.runner import (
@@ -35,21 +38,25 @@ def measure(job: dict) -> dict:
     size = (int(job["size"][0]), int(job["size"][1]))
     row = new_row(path, job)
     try:
-        started = time.perf_counter()
-        predictor = load_predictor(path, threads=job["threads"])
-        row["load_ms"] = round(1e3 * (time.perf_counter() - started), 3)
-        row["model"] = predictor.artifact.family or row["model"]
-        row["quant"] = predictor.artifact.quant
-        row["format"] = predictor.format
-        predictor, row["note"] = fit_input(predictor, size, job["model_size"], job["threads"])
+        with runtime_warnings(row["warnings"]):
+            started = time.perf_counter()
+            predictor = load_predictor(path, threads=job["threads"])
+            row["load_ms"] = round(1e3 * (time.perf_counter() - started), 3)
+            row["model"] = predictor.artifact.family or row["model"]
+            row["quant"] = predictor.artifact.quant
+            row["format"] = predictor.format
+            row["runtime"] = predictor.runtime
+            predictor, row["note"] = fit_input(predictor, size, job["model_size"],
+                                               job["threads"])
         row["model_input"] = size_label(predictor.input_size)
         if predictor.format == "tflite":
-            from edgeseg.runtime_tflite import delegation
+            from edgeseg.runtime_tflite import delegation, xnnpack_ran_graph
 
             graph = delegation(predictor.interpreter)
             row["graph_nodes"] = graph["nodes"]
             row["xnnpack_partitions"] = graph["partitions"]
             row["ops_outside_delegate"] = graph["outside"]
+            row["xnnpack"] = xnnpack_ran_graph(graph)
         if predictor.task == "instance":  # letterboxed to its square input, detections
             segmenter = InstanceSegmenter(predictor)
             row["resize"] = "letterbox"
@@ -72,6 +79,24 @@ def measure(job: dict) -> dict:
     row["peak_rss_mb"] = None if peak is None else round(peak, 1)
     row["tensorflow_loaded"] = "tensorflow" in sys.modules
     return finish_row(row, error)
+
+
+@contextlib.contextmanager
+def runtime_warnings(said: list[str]) -> Iterator[None]:
+    """Adds to ``said`` the runtime's warnings about the model given in the block
+    (:class:`~edgeseg.runtime_tflite.Int8WithoutXNNPACKWarning`), which the row carries to the
+    process that reads it; other warnings are shown as usual."""
+    from edgeseg.runtime_tflite import Int8WithoutXNNPACKWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", Int8WithoutXNNPACKWarning)
+        yield
+    for warning in caught:
+        if issubclass(warning.category, Int8WithoutXNNPACKWarning):
+            said.append(str(warning.message))
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename,
+                                 warning.lineno)
 
 
 # --- the network's input size -------------------------------------------------------------------

@@ -43,6 +43,7 @@ from edgeseg.runtime.draw import VIEWS, FrameDrawer
 from edgeseg.runtime.instances import InstanceSegmenter, is_instance_model
 from edgeseg.runtime.predictor import load_predictor
 from edgeseg.runtime.segmenter import RESIZE_MODES, Segmenter
+from edgeseg.runtime_tflite import delegation_summary
 from edgeseg.video import PrefetchedFrame, SourceError, write_image
 
 __all__ = ["KEYS", "STAGES", "LiveRun", "StageTimes", "describe", "format_summary",
@@ -285,8 +286,11 @@ class LiveRun:
             pauses excluded), inference_fps (1000 / median inference ms), fps_ratio (fps /
             inference_fps: 1 when the loop runs at the model's pace), stages_ms ({stage:
             {median, p90}}), wall_seconds, paused_seconds, startup_seconds, frame_size,
-            model_input, frames_written, snapshots, ended_by, error; for an instance model
-            also instances (the mean number per frame); with ``record_frames`` per_frame_ms.
+            model_input, frames_written, snapshots, ended_by, error, runtime (what ran the
+            model: "ai-edge-litert 2.3.0"), xnnpack (for a .tflite, whether XNNPACK ran its
+            convolutions; else None), graph (for a .tflite, its delegation in a few words);
+            for an instance model also instances (the mean number per frame); with
+            ``record_frames`` per_frame_ms.
         """
         loop_start = self._loop_start or self._created
         wall = (self._loop_end or time.perf_counter()) - loop_start
@@ -318,6 +322,7 @@ class LiveRun:
             "snapshots": self.snapshots,
             "ended_by": self.ended_by or "end of stream",
             "error": self.error,
+            **runtime_summary(getattr(segmenter, "predictor", None)),
         }
         if isinstance(segmenter, InstanceSegmenter):
             counts = self.instance_counts
@@ -333,6 +338,19 @@ class LiveRun:
             raise error
 
 
+def runtime_summary(predictor: Any) -> dict:
+    """What ran the model: ``{"runtime": "tflite-runtime 2.14.0", "xnnpack": whether XNNPACK
+    ran a .tflite's convolutions, "graph": "1 XNNPACK partition, outside: ..."}``; None where
+    the predictor does not say (other formats have no XNNPACK or graph)."""
+    graph = getattr(predictor, "graph", None)
+    xnnpack = getattr(predictor, "xnnpack", None)
+    return {
+        "runtime": getattr(predictor, "runtime", None),
+        "xnnpack": xnnpack["ran_graph"] if xnnpack else None,
+        "graph": delegation_summary(graph["partitions"], graph["outside"]) if graph else None,
+    }
+
+
 def format_summary(summary: dict, summary_path: str | os.PathLike | None = None) -> str:
     """The summary as a few lines of text."""
     inference_fps = summary["inference_fps"]
@@ -344,6 +362,11 @@ def format_summary(summary: dict, summary_path: str | os.PathLike | None = None)
         f"dropped {summary['dropped']}, skipped {summary['skipped']}, "
         f"reopened {summary['reopened']}; ended by {summary['ended_by']}",
     ]
+    if summary.get("runtime"):
+        ran = {True: "; XNNPACK ran the convolutions", False: "; XNNPACK did not run the "
+               "convolutions", None: ""}[summary.get("xnnpack")]
+        graph = f" ({summary['graph']})" if summary.get("graph") else ""
+        lines.append(f"runtime: {summary['runtime']}{ran}{graph}")
     if summary["error"]:
         lines.append(f"error: {summary['error']}")
     if summary["frames"]:

@@ -21,10 +21,14 @@ class Predictor:
 
     ``artifact`` (``edgeseg.artifacts.Artifact``) says what the file is: its task, classes,
     palette and normalisation; predictors made without one (tests, wrappers) fall back to
-    ``metadata``.
+    ``metadata``. ``runtime`` names what runs the model ("ai-edge-litert 2.3.0", "onnxruntime
+    1.22.0 (CPUExecutionProvider)"); ``xnnpack`` says how XNNPACK ran a .tflite graph (see
+    :class:`TFLitePredictor`), None for other formats.
     """
 
     format = "?"
+    runtime: str | None = None
+    xnnpack: dict | None = None
 
     def __init__(self, path: Path, metadata: dict | None, artifact: Artifact | None = None):
         self.path = path
@@ -76,6 +80,7 @@ class KerasPredictor(Predictor):
         from edgeseg.models.loading import load_keras_model
 
         self.model = load_keras_model(path)
+        self.runtime = keras_runtime_label()
         shape = self.model.inputs[0].shape
         if shape[1] is not None and shape[2] is not None:
             self.input_size = (int(shape[2]), int(shape[1]))
@@ -98,19 +103,54 @@ class KerasPredictor(Predictor):
         return ops.convert_to_numpy(self._forward(batch))
 
 
+def keras_runtime_label() -> str:
+    """Keras and its backend: "keras 3.10.0 (tensorflow 2.19.0 backend)"."""
+    import importlib
+    import sys
+
+    import keras
+
+    backend = keras.backend.backend()
+    module = sys.modules.get(backend) or importlib.import_module(backend)
+    version = getattr(module, "__version__", None)
+    return f"keras {keras.__version__} ({' '.join(filter(None, (backend, version)))} backend)"
+
+
 class TFLitePredictor(Predictor):
-    """LiteRT interpreter; quantises a float input and dequantises an int8 / uint8 output."""
+    """LiteRT interpreter; quantises a float input and dequantises an int8 / uint8 output.
+
+    ``runtime`` is the interpreter's package and version ("tflite-runtime 2.14.0"); ``graph``
+    its :func:`~edgeseg.runtime_tflite.delegation` of the model, and ``xnnpack`` that in short:
+    ``{"partitions": XNNPACK partitions, "nodes_outside": operators left to the runtime's own
+    kernels, "ran_graph": whether XNNPACK ran all the convolutions}``. An int8 model whose
+    convolutions run outside XNNPACK is warned about once per file
+    (:func:`~edgeseg.runtime_tflite.warn_if_int8_without_xnnpack`).
+    """
 
     format = "tflite"
 
     def __init__(self, path: Path, metadata: dict | None, threads: int | None = None,
                  artifact: Artifact | None = None):
         super().__init__(path, metadata, artifact)
-        from edgeseg.runtime_tflite import load_interpreter
+        from edgeseg.runtime_tflite import (
+            delegation,
+            load_interpreter,
+            runtime_label,
+            warn_if_int8_without_xnnpack,
+            xnnpack_ran_graph,
+        )
 
         self.interpreter = load_interpreter(path, num_threads=threads)
         _, height, width, _ = self.interpreter.get_input_details()[0]["shape"]
         self.input_size = (int(width), int(height))
+        self.runtime = runtime_label()
+        self.graph = delegation(self.interpreter)
+        self.xnnpack = {
+            "partitions": self.graph["partitions"],
+            "nodes_outside": sum(self.graph["outside"].values()),
+            "ran_graph": xnnpack_ran_graph(self.graph),
+        }
+        warn_if_int8_without_xnnpack(self.graph, path)
 
     def run(self, batch):
         from edgeseg.runtime_tflite import run_interpreter
@@ -136,6 +176,7 @@ class OnnxPredictor(Predictor):
         preferred = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
         providers = [p for p in preferred if p in ort.get_available_providers()]
         self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.runtime = f"onnxruntime {ort.__version__} ({self.session.get_providers()[0]})"
         self.input = self.session.get_inputs()[0]
         shape = self.input.shape
         if isinstance(shape[1], int) and isinstance(shape[2], int):

@@ -23,6 +23,21 @@ def conv_prelu(input_hw=TINY_HW):
     return keras.Model(image, x)
 
 
+def conv_stack(input_hw=TINY_HW):
+    """Convolutions of two kinds (Conv2D x3, DepthwiseConv2D) and a residual ADD: XNNPACK
+    runs all of them in float and in int8, except tflite-runtime 2.14's, which takes no int8
+    operator."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    image = keras.Input((*input_hw, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(image)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu")(x)
+    x = keras.layers.Add()([keras.layers.Conv2D(8, 1)(x), x])
+    x = keras.layers.Conv2D(4, 3, padding="same")(x)
+    return keras.Model(image, x)
+
+
 def fixed_reshape(input_hw=TINY_HW):
     """A graph with its shapes as constants: a softmax over each row's W*C values, between
     reshapes to (H, W*C) and back."""

@@ -194,3 +194,27 @@ def test_a_row_cut_off_by_a_killed_run_is_skipped_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match=r"results\.jsonl:2: skipped a truncated last line"):
         rows = merge_results([path])
     assert len(rows) == 1
+
+
+def test_rows_of_two_runtimes_stay_apart_and_the_table_names_them(two_devices, tmp_path):
+    orin = merge_results(two_devices[0][:1])[0]["device"]
+    litert = dict(fake_row("enet", "tflite", "480x320", orin, 14.0),
+                  runtime="ai-edge-litert 2.3.0", xnnpack=True)
+    old = dict(fake_row("enet", "tflite", "480x320", orin, 149.0),
+               runtime="tflite-runtime 2.14.0", xnnpack=False,
+               timestamp="2026-01-02T00:00:00+00:00")
+    assert len(deduplicate([litert, old])) == 2  # the same file, device and size
+    series = latency_series(table_rows([litert, old]))
+    assert sorted(label for label, _ in series) == [
+        "Jetson Orin Nano (15W): enet tflite (ai-edge-litert 2.3.0) 4 threads",
+        "Jetson Orin Nano (15W): enet tflite (tflite-runtime 2.14.0) 4 threads"]
+    written = write_report([litert, old], tmp_path / "report", include_paper=False, plot=False)
+    lines = written["markdown"].read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| frame |"))
+    column = [cell.strip() for cell in header.split("|")].index("runtime")
+    cells = [[cell.strip() for cell in line.split("|")][column] for line in lines
+             if line.startswith("| 480x320 |")]
+    assert cells == ["ai-edge-litert 2.3.0", "tflite-runtime 2.14.0"]
+    with open(written["csv"], newline="") as file:
+        by_runtime = {r["runtime"]: r["xnnpack"] for r in csv.DictReader(file)}
+    assert by_runtime == {"ai-edge-litert 2.3.0": "True", "tflite-runtime 2.14.0": "False"}

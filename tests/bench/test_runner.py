@@ -3,6 +3,7 @@ processes, the graph's delegation, thread sweeps, the network's input size; the 
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import shutil
 import sys
@@ -303,16 +304,26 @@ def test_the_graph_report_of_a_tflite_row(tiny_tflites):
         seen = delegation(load_interpreter(path))  # here, independently of the worker
         assert row["xnnpack_partitions"] == seen["partitions"] and seen["partitions"] in (1, 2)
         assert row["graph_nodes"] == seen["nodes"] == 2  # CONV_2D, PRELU
+    # The runtime that ran them, as pip names it; XNNPACK ran the convolution (PRELU is not one).
+    runtime = f"ai-edge-litert {importlib.metadata.version('ai-edge-litert')}"
+    for row in rows:
+        assert row["runtime"] == runtime and row["xnnpack"] is True and row["warnings"] == []
     line = format_row(int8)
+    assert line.startswith(f"prelu_int8 [tflite, {runtime}] 24x16")
     assert f"{int8['xnnpack_partitions']} XNNPACK partition" in line
     assert line.endswith("outside: PRELU x1")
     assert "outside" not in format_row(fp32)
 
 
 def test_keras_rows_have_no_graph_report(keras_then_tflite):
+    import keras
+    import tensorflow as tf
+
     keras_row = keras_then_tflite[0]
-    for key in ("graph_nodes", "xnnpack_partitions", "ops_outside_delegate"):
+    for key in ("graph_nodes", "xnnpack_partitions", "ops_outside_delegate", "xnnpack"):
         assert keras_row[key] is None
+    assert keras_row["runtime"] == (f"keras {keras.__version__} (tensorflow {tf.__version__} "
+                                    "backend)")
 
 
 def test_a_threads_sweep_gives_one_row_per_count(tiny_tflites):

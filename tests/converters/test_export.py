@@ -355,3 +355,36 @@ def test_exported_tflite_runs_where_tensorflow_is_not_importable(trained_run, tm
     assert summary == {"format": "tflite", "size": [64, 48], "tensorflow": False}
     want = load_predictor(trained_run / "best.keras")(x)
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), want, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_int8_export_for_a_runtime_without_int8_xnnpack_warns_and_records_it(trained_enet,
+                                                                             tmp_path):
+    from edgeseg.converters.export import ExportRequest, export
+    from edgeseg.runtime_tflite import Int8WithoutXNNPACKWarning
+
+    out = tmp_path / "enet_int8.tflite"
+    with pytest.warns(Int8WithoutXNNPACKWarning, match=r"--runtime tflite-runtime==2\.14\.0.*"
+                      r"XNNPACK takes none of its int8 convolutions.*--quant none or fp16"):
+        export(ExportRequest(model=str(trained_enet / "best.keras"), quant="int8", io="uint8",
+                             out=str(out), num_val=2, num_calib=8,
+                             runtime="tflite-runtime==2.14.0"))
+    assert out.is_file()
+    sidecar = json.loads(out.with_name(out.name + ".json").read_text())
+    old = sidecar["runtimes"]["tflite-runtime==2.14.0"]
+    assert old["loads"] is True and old["int8_without_xnnpack"] is True
+    assert old["xnnpack_macs"] == 0
+    new = next(v for k, v in sidecar["runtimes"].items() if k.startswith("ai-edge-litert=="))
+    assert new["int8_without_xnnpack"] is False and new["xnnpack_macs"] == 1.0
+
+
+def test_export_refuses_a_runtime_it_cannot_check_before_converting(tmp_path):
+    from edgeseg.converters.export import ExportRequest, export
+
+    source = tmp_path / "m.keras"
+    source.write_bytes(b"not read")
+    with pytest.raises(ValueError, match="no support table for it; edgeseg knows"):
+        export(ExportRequest(model=str(source), runtime="tflite-runtime==2.5.0"))
+    with pytest.raises(ValueError, match="--runtime names a TFLite runtime; --format onnx"):
+        export(ExportRequest(model=str(source), format="onnx", runtime="tflite-runtime"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras"]

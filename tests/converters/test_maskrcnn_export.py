@@ -193,3 +193,48 @@ def test_an_api_saved_detector_exports_through_the_cli(name, quant, tmp_path, mo
     assert sidecar["input_size"] == [64, 64] and len(sidecar["classes"]) == 5
     exported = open_artifact(out)
     assert exported.task == "instance" and exported.quant == quant
+
+
+@pytest.mark.slow
+def test_export_for_tflite_runtime_2_14_takes_the_forms_it_has(detector, tmp_path):
+    """A dynamic-range Mask R-CNN has per-channel hybrid FULLY_CONNECTED version 12, which
+    tflite-runtime 2.14 cannot load; exported for it, the dense weights are quantised per tensor
+    (version 9) and the real 2.14 loads and runs the file."""
+    import subprocess
+
+    from edgeseg.tflite_file import read_tflite
+    from tests.side_envs import side_python
+
+    plain = tmp_path / "plain.tflite"
+    report = export(ExportRequest(model=str(detector), quant="dynamic", out=str(plain), num_val=2))
+    assert report["runtimes"]["tflite-runtime==2.14.0"]["loads"] is False
+    assert {op.version for op in read_tflite(plain).operators
+            if op.name == "FULLY_CONNECTED"} == {12}
+
+    target = tmp_path / "for_2_14.tflite"
+    report = export(ExportRequest(model=str(detector), quant="dynamic", out=str(target),
+                                  num_val=2, runtime="tflite-runtime==2.14.0"))
+    assert report["runtimes"]["tflite-runtime==2.14.0"]["loads"] is True
+    assert "dense weights per tensor" in report["quant_mode"]
+    assert max(op.version for op in read_tflite(target).operators
+               if op.name == "FULLY_CONNECTED") < 12
+    sidecar = json.loads(target.with_name(target.name + ".json").read_text())
+    assert sidecar["runtimes"]["tflite-runtime==2.14.0"]["loads"] is True
+    # the real runtime agrees on both files
+    python = side_python("tflite-runtime", "tflite_runtime.interpreter")
+    script = ("import sys, numpy as np\nfrom edgeseg.runtime_tflite import load_interpreter\n"
+              "for path in sys.argv[1:]:\n"
+              "    try:\n"
+              "        it = load_interpreter(path)\n"
+              "        d = it.get_input_details()[0]\n"
+              "        it.set_tensor(d['index'], np.zeros(d['shape'], d['dtype']))\n"
+              "        it.invoke()\n"
+              "        print('runs')\n"
+              "    except (RuntimeError, ValueError) as e:\n"
+              "        print('refused', str(e).splitlines()[0])\n")
+    done = subprocess.run([str(python), "-c", script, str(plain), str(target)],
+                          capture_output=True, text=True, timeout=300)
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2, done.stdout + done.stderr
+    assert lines[0].startswith("refused") and "FULLY_CONNECTED" in lines[0], done.stdout
+    assert lines[1] == "runs", done.stdout + done.stderr

@@ -249,13 +249,15 @@ def _onnx_detector(path: Path, outputs: dict, names: list[str]) -> None:
 @pytest.mark.parametrize("names", [["boxes", "classes", "scores", "masks", "count"],
                                    ["out_3", "out_0", "out_4", "out_1", "out_2"]])
 def test_onnx_outputs_by_name_or_by_shape(tmp_path, names):
-    pytest.importorskip("onnxruntime")
+    onnxruntime = pytest.importorskip("onnxruntime")
     # Scores (1, D) float and classes (1, D) int: only their types tell them apart.
     want = padded_outputs([[0.1, 0.2, 0.5, 0.6]], [2], [0.75], np.full((1, 28, 28), 0.8))
     path = tmp_path / "detector.onnx"
     _onnx_detector(path, want, names)
     predictor = load_predictor(path)
     assert is_instance_model(predictor)  # no metadata: from the outputs
+    assert predictor.runtime.startswith(f"onnxruntime {onnxruntime.__version__} (")
+    assert predictor.runtime[:-1].endswith("ExecutionProvider") and predictor.xnnpack is None
     got = detect(predictor, np.zeros((1, SIZE, SIZE, 3), np.float32))
     for key, value in want.items():
         np.testing.assert_array_equal(got[key], value, err_msg=key)

@@ -61,8 +61,11 @@ def test_stage_times_and_the_summary_come_from_the_frames():
         "m.tflite", "clip.mp4", "none")
     assert summary["fps"] == pytest.approx(5 / summary["wall_seconds"])
     assert "instances" not in summary
+    # A predictor that does not say what runs it: nothing said.
+    assert (summary["runtime"], summary["xnnpack"], summary["graph"]) == (None, None, None)
     text = format_summary(summary, "run.json")
     assert text.startswith("5 frames in") and "summary written to run.json" in text
+    assert "runtime" not in text
     assert len([line for line in text.splitlines() if line.split()[0] in STAGES]) == 7
 
 
