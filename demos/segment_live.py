@@ -2,6 +2,7 @@
 
     edgeseg demo --model enet_int8.tflite --source 0
     edgeseg demo --model unet.tflite --source clip.mp4 --output out.mp4 --summary run.json
+    edgeseg demo --model enet_int8.tflite --source 0 --output http://0.0.0.0:8080  # a web page
     python -m edgeseg.demos.segment_live --model unet.tflite --source synthetic --view side
 
 Worker threads (``edgeseg.video.Prefetcher``) capture, preprocess and run the model on the next
@@ -16,17 +17,21 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
+import time
 from typing import Any
 
 from edgeseg.io import write_json_atomic
 from edgeseg.runtime import LiveRun, frame_drawer, open_segmenter
 from edgeseg.runtime.draw import VIEWS
-from edgeseg.runtime.live import format_summary
+from edgeseg.runtime.live import describe, format_summary, runtime_summary
 from edgeseg.runtime.segmenter import RESIZE_MODES
 from edgeseg.video import Prefetcher, SourceError, as_sink, as_source
 
-__all__ = ["add_arguments", "main", "run_demo", "run_from_args"]
+__all__ = ["StatsPublisher", "add_arguments", "main", "run_demo", "run_from_args"]
+
+PUBLISH_EVERY_S = 0.25  # how often a sink with ``publish`` (the browser view) gets statistics
 
 
 def run_demo(model: Any, source: Any, output: Any = "none", alpha: float = 0.5,
@@ -55,6 +60,7 @@ def run_demo(model: Any, source: Any, output: Any = "none", alpha: float = 0.5,
         Prefetcher(frames, segmenter.preprocess, depth=queue_size, infer=infer) as prefetched,
         run,  # ends the loop cleanly on Ctrl-C or an error; the sink and source close after
     ):
+        stats = StatsPublisher(sink, run, prefetched, model, segmenter, drawer)
         while not run.finished:
             item = prefetched.get()  # captured, preprocessed and inferred in the workers
             if item is None:
@@ -67,6 +73,7 @@ def run_demo(model: Any, source: Any, output: Any = "none", alpha: float = 0.5,
             with run.stage("output"):
                 sink.write(canvas)
             run.end_frame(result)
+            stats.update()
             run.handle_keys(sink, drawer, canvas)
     summary = run.summary(model, source, output, segmenter, prefetched, sink)
     if summary_path is not None:
@@ -77,6 +84,42 @@ def run_demo(model: Any, source: Any, output: Any = "none", alpha: float = 0.5,
     return summary
 
 
+class StatsPublisher:
+    """Hands a sink that has ``publish(stats)`` (the browser view) the run's figures every
+    ``PUBLISH_EVERY_S``: frames, dropped, fps, median stage ms over the last 30 frames, the
+    model, its runtime and its classes with their colours. Does nothing for other sinks."""
+
+    def __init__(self, sink, run: LiveRun, prefetched: Prefetcher, model: Any, segmenter,
+                 drawer):
+        self.publish = getattr(sink, "publish", None)
+        self.run, self.prefetched = run, prefetched
+        self.static = {
+            "model": os.path.basename(describe(model)),
+            "runtime": runtime_summary(getattr(segmenter, "predictor", None))["runtime"],
+            "classes": [{"id": i, "name": str(name), "colour": drawer.lookup[i].tolist()}
+                        for i, name in enumerate((drawer.names or [])[:256])],
+        }
+        self._last = (time.perf_counter(), 0)
+        if self.publish is not None:  # the page shows the model and classes from the start
+            self.publish({**self.static, "frames": 0, "dropped": 0, "fps": 0.0, "stages_ms": {}})
+
+    def update(self) -> None:
+        now, frames = time.perf_counter(), self.run.frames
+        then, frames_then = self._last
+        if self.publish is None or now - then < PUBLISH_EVERY_S:
+            return
+        self._last = (now, frames)
+        ms = self.run.times.ms
+        self.publish({
+            **self.static,
+            "frames": frames,
+            "dropped": self.prefetched.stats()["dropped"],
+            "fps": (frames - frames_then) / (now - then),
+            "stages_ms": {stage: statistics.median(v[-30:]) for stage, v in ms.items() if v},
+            "view": self.run.view,
+        })
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The ``edgeseg demo`` options, on an existing parser (the CLI's sub-command)."""
     parser.add_argument("--model", required=True, help="model file: .tflite, .onnx or .keras")
@@ -85,7 +128,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "or synthetic[?size=640x360&fps=30&frames=300&live=0]")
     parser.add_argument("--output", default="display",
                         help="display (default; without a display: a message, then none), "
-                        "out.mp4, out.avi, frames/, or none")
+                        "out.mp4, out.avi, frames/, http://0.0.0.0:8080 (a web page with the "
+                        "video and statistics, for a board without a screen), or none")
     parser.add_argument("--alpha", type=float, default=0.5, help="class colour weight, 0 to 1")
     parser.add_argument("--view", choices=VIEWS, default="overlay")
     parser.add_argument("--max-frames", type=int, default=None, metavar="N")

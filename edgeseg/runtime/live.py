@@ -29,6 +29,7 @@ the summary is out.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import statistics
 import time
@@ -55,6 +56,7 @@ legend and heads-up line; output: the sink's write; total: capture start to outp
 frame's latency through the pipeline, including time queued between its threads)."""
 KEYS = {"q": "quit", "\x1b": "quit", " ": "pause", "m": "view", "s": "snapshot"}
 HUD_WINDOW = 30  # frames the heads-up line's figures are taken over
+AGE_TAIL = 0.1  # the share of frames at each end of a run whose frame ages the summary compares
 
 
 def open_segmenter(model: Any, threads: int | None = None,
@@ -130,6 +132,25 @@ class StageTimes:
         }
 
 
+def age_percentiles(ages_ms: list[float]) -> dict[str, float] | None:
+    """p50, p90 and max of frame ages in ms (None without any)."""
+    if not ages_ms:
+        return None
+    return {"p50": float(np.percentile(ages_ms, 50)), "p90": float(np.percentile(ages_ms, 90)),
+            "max": float(np.max(ages_ms))}
+
+
+def frame_age_summary(ages_ms: list[float]) -> dict | None:
+    """Frame ages (ms from the source reading a frame to inference starting on it): their
+    percentiles over the run and over its first and last ``AGE_TAIL`` of frames, which show
+    whether frames grow older as the run goes on (a queue filling up) or stay fresh."""
+    if not ages_ms:
+        return None
+    tail = max(1, math.ceil(AGE_TAIL * len(ages_ms)))
+    return {**age_percentiles(ages_ms), "first_10pct": age_percentiles(ages_ms[:tail]),
+            "last_10pct": age_percentiles(ages_ms[-tail:])}
+
+
 class LiveRun:
     """Stage times, the view and what the keys did, and how the loop ended.
 
@@ -137,7 +158,8 @@ class LiveRun:
         view: the first view ("overlay", "mask" or "side"); the m key cycles them.
         max_frames: :attr:`finished` once this many frames are done (default: never).
         snapshot_dir: where the s key saves what is shown.
-        record_frames: add every frame's stage times to the summary (``per_frame_ms``).
+        record_frames: add every frame's stage times and age to the summary (``per_frame_ms``,
+            ``per_frame_age_ms``).
     """
 
     def __init__(self, view: str = "overlay", max_frames: int | None = None,
@@ -163,6 +185,8 @@ class LiveRun:
         self._stage_ms: dict[str, float] = {}
         self.frame_size: list[int] | None = None
         self.instance_counts: list[int] = []
+        self.frame_ages_ms: list[float] = []  # per frame: from its read to its inference
+        self._age_ms: float | None = None
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -201,13 +225,17 @@ class LiveRun:
         its inference time where the prefetcher ran the model)."""
         self._frame = item
         self._stage_ms = {"capture": item.capture_ms, "preprocess": item.prepare_ms}
+        self._age_ms = item.age_ms
         if item.inference_ms is not None:
             self._stage_ms["inference"] = item.inference_ms
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        """Times the block as the current frame's stage ``name``."""
+        """Times the block as the current frame's stage ``name`` (the frame's age at inference
+        too, for a loop that runs the model itself in ``stage("inference")``)."""
         start = time.perf_counter()
+        if name == "inference" and self._age_ms is None and self._frame.read_at is not None:
+            self._age_ms = 1e3 * (start - self._frame.read_at)
         yield
         self._last_done = time.perf_counter()
         self._stage_ms[name] = 1e3 * (self._last_done - start)
@@ -217,6 +245,8 @@ class LiveRun:
         done = self._last_done
         self._stage_ms["total"] = 1e3 * (done - self._frame.started)
         self.times.add(self._stage_ms, done=done)
+        if self._age_ms is not None:
+            self.frame_ages_ms.append(self._age_ms)
         frame = self._frame.frame
         self.frame_size = [frame.shape[1], frame.shape[0]]
         if isinstance(result, dict) and "scores" in result:
@@ -278,7 +308,8 @@ class LiveRun:
         Args:
             model, source, output: as given to the loop (specs, paths or objects), described.
             segmenter: the segmenter that ran (its input size; instances for detections).
-            prefetcher: gives the source's dropped, skipped and reopened counts.
+            prefetcher: gives the source's dropped, skipped and reopened counts, and its
+                outages.
             sink: gives the frames written.
 
         Returns:
@@ -288,9 +319,14 @@ class LiveRun:
             {median, p90}}), wall_seconds, paused_seconds, startup_seconds, frame_size,
             model_input, frames_written, snapshots, ended_by, error, runtime (what ran the
             model: "ai-edge-litert 2.3.0"), xnnpack (for a .tflite, whether XNNPACK ran its
-            convolutions; else None), graph (for a .tflite, its delegation in a few words);
-            for an instance model also instances (the mean number per frame); with
-            ``record_frames`` per_frame_ms.
+            convolutions; else None), graph (for a .tflite, its delegation in a few words),
+            frame_age_ms (ms from the source reading a frame to inference starting on it:
+            {p50, p90, max, first_10pct, last_10pct}, the last two over the first and last
+            tenth of the frames; None without ages), outage (for a live source: outages,
+            reopened, seconds_without_frames, longest_gap_seconds, reconnect_seconds, as
+            ``LiveSource.outage_stats``; else None); for an instance model also instances
+            (the mean number per frame); with ``record_frames`` per_frame_ms and
+            per_frame_age_ms.
         """
         loop_start = self._loop_start or self._created
         wall = (self._loop_end or time.perf_counter()) - loop_start
@@ -323,12 +359,15 @@ class LiveRun:
             "ended_by": self.ended_by or "end of stream",
             "error": self.error,
             **runtime_summary(getattr(segmenter, "predictor", None)),
+            "frame_age_ms": frame_age_summary(self.frame_ages_ms),
+            "outage": getattr(prefetcher, "outage_stats", lambda: None)(),
         }
         if isinstance(segmenter, InstanceSegmenter):
             counts = self.instance_counts
             summary["instances"] = float(np.mean(counts)) if counts else 0.0
         if self.record_frames:
             summary["per_frame_ms"] = self.times.ms
+            summary["per_frame_age_ms"] = self.frame_ages_ms
         return summary
 
     def raise_error(self) -> None:
@@ -367,6 +406,21 @@ def format_summary(summary: dict, summary_path: str | os.PathLike | None = None)
                "convolutions", None: ""}[summary.get("xnnpack")]
         graph = f" ({summary['graph']})" if summary.get("graph") else ""
         lines.append(f"runtime: {summary['runtime']}{ran}{graph}")
+    outage = summary.get("outage")
+    if outage and outage["outages"]:
+        reconnects = [f"{s:.2f}" for s in outage["reconnect_seconds"] if s is not None]
+        lines.append(
+            f"outages {outage['outages']}: {outage['seconds_without_frames']:.2f} s without "
+            f"frames (longest gap {outage['longest_gap_seconds']:.2f} s), reconnected after "
+            + (", ".join(reconnects) + " s" if reconnects else "never")
+        )
+    age = summary.get("frame_age_ms")
+    if age:
+        lines.append(
+            f"frame age at inference (ms): p50 {age['p50']:.1f}, p90 {age['p90']:.1f}, max "
+            f"{age['max']:.1f}; p90 first 10% {age['first_10pct']['p90']:.1f}, last 10% "
+            f"{age['last_10pct']['p90']:.1f}"
+        )
     if summary["error"]:
         lines.append(f"error: {summary['error']}")
     if summary["frames"]:

@@ -8,13 +8,15 @@ write them to. Both are context managers with ``close()``, so a demo reads::
             window.write(segment(frame))
 
 Sources: ``0`` or ``/dev/video0`` (camera), ``rtsp://...`` (stream), ``clip.mp4``, ``frames/``,
-``synthetic?size=640x360&fps=30``. Sinks: ``display``, ``out.mp4``, ``frames/``, ``none``.
+``synthetic?size=640x360&fps=30``. Sinks: ``display``, ``out.mp4``, ``frames/``,
+``http://0.0.0.0:8080`` (a web page for a board without a screen: ``HttpViewSink``), ``none``.
 ``SOURCE_SPECS`` and ``SINK_SPECS`` hold the full syntax, ``SOURCE_OPTIONS`` and
 ``SINK_OPTIONS`` the options of each kind. ``as_source`` / ``as_sink`` also take a source or
 sink already open (or a list of frames) for the same ``with`` block. ``Prefetcher`` reads and
 prepares frames ahead in a worker thread. Only OpenCV and NumPy are imported.
 """
 
+from edgeseg.video.http_view import HttpViewSink
 from edgeseg.video.prefetch import PrefetchedFrame, Prefetcher
 from edgeseg.video.sinks import (
     SINK_OPTIONS,
@@ -51,6 +53,7 @@ __all__ = [
     "SOURCE_OPTIONS",
     "SOURCE_SPECS",
     "DisplaySink",
+    "HttpViewSink",
     "ImageFolderSink",
     "ImageFolderSource",
     "LiveSource",

@@ -19,6 +19,11 @@ infers the newest frame as soon as the model is free: no frame is prepared only 
 away, the model is not kept waiting, and inference starts on a frame at most one source period
 old (without ``infer``, the newest frame is prepared when the caller has room for it). The
 frames, and what ``prepare`` and ``infer`` make of them, pass through untouched.
+
+Each item says when its frame was read (the source's ``read_at`` where it has one: for a live
+source, when its own reader thread took the frame from the camera or stream) and, with
+``infer``, how old the frame was when inference began (``age_ms``): the latency a model's
+output carries, which stays flat on a live source however slow the model is.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ class PrefetchedFrame:
     started: float  # time.perf_counter() when its capture began
     output: Any = None  # infer(prepared), with an infer function
     inference_ms: float | None = None
+    read_at: float | None = None  # time.perf_counter() when the source read the frame
+    age_ms: float | None = None  # with infer: ms from read_at to the start of inference
 
 
 class Prefetcher:
@@ -81,7 +88,8 @@ class Prefetcher:
         self.discarded = 0
         self._items: deque[PrefetchedFrame] = deque()  # what get() hands out
         self._ready: deque[PrefetchedFrame] = deque()  # in order, with infer: prepared frames
-        self._newest: tuple[np.ndarray, float] | None = None  # live: (frame, arrival time)
+        # live: (frame, arrival here, when the source read it)
+        self._newest: tuple[np.ndarray, float, float] | None = None
         self._condition = threading.Condition()
         self._stop = threading.Event()
         self._captured_all = False  # the capture worker has finished
@@ -121,16 +129,18 @@ class Prefetcher:
                 except StopIteration:
                     break
                 t1 = time.perf_counter()
+                read_at = getattr(self.source, "read_at", None) or t1
                 if self.live:
                     with self._condition:
                         if self._newest is not None:
                             self.discarded += 1
-                        self._newest = (frame, t1)
+                        self._newest = (frame, t1, read_at)
                         self._condition.notify_all()
                     continue
                 prepared = self._prepare(frame) if self._prepare is not None else frame
                 t2 = time.perf_counter()
-                item = PrefetchedFrame(frame, prepared, 1e3 * (t1 - t0), 1e3 * (t2 - t1), t0)
+                item = PrefetchedFrame(frame, prepared, 1e3 * (t1 - t0), 1e3 * (t2 - t1), t0,
+                                       read_at=read_at)
                 with self._condition:
                     queue.append(item)
                     self._condition.notify_all()
@@ -164,7 +174,7 @@ class Prefetcher:
                     self._condition.wait(0.1)
                 if self._stop.is_set() or self._newest is None:
                     return None
-                (frame, arrived), self._newest = self._newest, None
+                (frame, arrived, read_at), self._newest = self._newest, None
             else:
                 while (wait and not self._ready and not self._captured_all
                        and not self._stop.is_set()):
@@ -179,7 +189,7 @@ class Prefetcher:
         t2 = time.perf_counter()
         # A frame that arrived before it was asked for is older than the wait says.
         return PrefetchedFrame(frame, prepared, 1e3 * (t1 - t0), 1e3 * (t2 - t1),
-                               min(t0, arrived))
+                               min(t0, arrived), read_at=read_at)
 
     def _process(self) -> None:
         """Prepares the newest live frame and runs ``infer``; at most ``depth`` results wait
@@ -190,6 +200,8 @@ class Prefetcher:
                 following, failed = None, None
                 if self._infer is not None:
                     t0 = time.perf_counter()
+                    if item.read_at is not None:
+                        item.age_ms = 1e3 * (t0 - item.read_at)
                     item.output = self._infer(item.prepared)
                     item.inference_ms = 1e3 * (time.perf_counter() - t0)
                     # A next input already there is taken and prepared before this result
@@ -249,6 +261,12 @@ class Prefetcher:
             "skipped": int(getattr(self.source, "skipped", 0)),
             "reopened": int(getattr(self.source, "reopened", 0)),
         }
+
+    def outage_stats(self) -> dict | None:
+        """The source's outages (``LiveSource.outage_stats``), or None for a source that does
+        not keep them (files, folders, lists)."""
+        stats = getattr(self.source, "outage_stats", None)
+        return stats() if stats is not None else None
 
     def close(self, timeout: float = 10.0) -> None:
         """Stops the workers. A live source is closed first, which wakes a worker waiting on it."""

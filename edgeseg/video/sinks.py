@@ -1,4 +1,4 @@
-"""Frame sinks: a window, a video file, an image folder, or nothing.
+"""Frame sinks: a window, a video file, an image folder, a browser view, or nothing.
 
 ``open_sink(spec)`` returns a :class:`Sink` with ``write(frame_rgb)``, ``poll_key()``,
 ``close()`` and context-manager use. Sinks take uint8 RGB frames and convert to OpenCV's BGR
@@ -31,6 +31,8 @@ SINK_SPECS = """\
   out.mp4, out.avi, ...     a video file (.mp4 .m4v .mov .avi .mkv; ?fps=30&fourcc=MJPG)
   frames/                   an image folder: 000000.png, 000001.png, ... (?ext=jpg)
   frames/%05d.jpg           an image folder with a file name pattern
+  http://0.0.0.0:8080       a browser view: a web page with the video and statistics
+                            (port 0: a free one; ?quality=80&title=NAME)
   none (or null)            nothing"""
 
 SINK_OPTIONS: dict[str, dict[str, tuple[Any, str]]] = {
@@ -45,6 +47,10 @@ SINK_OPTIONS: dict[str, dict[str, tuple[Any, str]]] = {
     "folder": {
         "ext": ("png", "image format: png (lossless) or jpg"),
         "start": (0, "number of the first file"),
+    },
+    "http": {
+        "quality": (80, "JPEG quality of the served frames, 1 to 100"),
+        "title": ("edgeseg", "the page's title"),
     },
     "none": {},
 }
@@ -357,6 +363,7 @@ def open_sink(spec: str | None, **options: Any) -> Sink:
       out.mp4, out.avi, ...     a video file (?fps=30&fourcc=MJPG)
       frames/                   an image folder: 000000.png, 000001.png, ... (?ext=jpg)
       frames/%05d.jpg           an image folder with a file name pattern
+      http://0.0.0.0:8080       a browser view (edgeseg.video.http_view; ?quality=80)
       none (or null)            nothing
 
     A window that cannot open (no display, or OpenCV without GUI support) prints one message and
@@ -371,6 +378,8 @@ def open_sink(spec: str | None, **options: Any) -> Sink:
     if lowered in ("display", "window", "screen"):
         opts = _sink_options("display", text, query, options)
         return DisplaySink(text, title=str(opts["title"]), probe=bool(opts["probe"]))
+    if lowered.startswith("http://"):
+        return _open_http_view(text, base, query, options)
     path = Path(os.path.expanduser(base))
     suffix = path.suffix.lower()
     if suffix in VIDEO_FOURCCS:
@@ -391,6 +400,28 @@ def open_sink(spec: str | None, **options: Any) -> Sink:
     opts = _sink_options("folder", text, query, options)
     ext = str(opts["ext"]).lower().lstrip(".")
     return ImageFolderSink(text, path, pattern=f"%06d.{ext}", start=opts["start"])
+
+
+def _open_http_view(text: str, base: str, query: str, options: dict) -> Sink:
+    from urllib.parse import urlsplit
+
+    from edgeseg.video.http_view import HttpViewSink  # imports this module
+
+    parts = urlsplit(base)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port is None:
+        port = 8080
+    if port < 0 or parts.path not in ("", "/") or not parts.hostname:
+        raise ValueError(
+            f"sink {text!r}: a browser view is http://HOST:PORT, e.g. http://0.0.0.0:8080 "
+            "(every interface) or http://127.0.0.1:0 (this machine, a free port)"
+        )
+    opts = _sink_options("http", text, query, options)
+    return HttpViewSink(text, host=parts.hostname, port=port, quality=opts["quality"],
+                        title=str(opts["title"]))
 
 
 @contextlib.contextmanager

@@ -7,6 +7,19 @@ so a slow consumer always gets a fresh frame; the frames it never saw are counte
 ``dropped``. A live source that stops delivering is reopened with exponential back-off
 (``reopened``). Frames that cannot be decoded, or that are empty or have the wrong shape, are
 skipped and counted in ``skipped``.
+
+Every frame handed out carries the time it was read (``read_at``, ``time.perf_counter()``), so
+that a consumer can tell how old it is when it uses it. A live source also keeps its outages
+(:class:`Outage`: the last frame before a failure, the reopen, the first frame after) and the
+longest gap between two frames; ``outage_stats()`` sums them up for a summary.
+
+Streams are read by the FFmpeg inside OpenCV (``cv2.CAP_FFMPEG``; the opencv-python wheels have
+it): RTSP (RTP over UDP, falling back to TCP; JPEG, H.264, ...) and MJPEG over HTTP work as they
+are. FFmpeg's own options go in the environment variable ``OPENCV_FFMPEG_CAPTURE_OPTIONS``, read
+at each open, as ``key;value`` pairs joined by ``|``: ``rtsp_transport;tcp`` forces RTP over TCP
+(through firewalls and NAT), and ``analyzeduration;0|probesize;32`` skips the stream probing
+that otherwise takes some 0.7 s of every RTSP open, reconnects included
+(benchmarks/results/outage_cpu.md).
 """
 
 from __future__ import annotations
@@ -19,6 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -152,6 +166,9 @@ class Source:
         dropped: live frames replaced by a newer one before anybody read them.
         skipped: frames that could not be decoded, or were empty or malformed.
         reopened: times a failed live source was opened again.
+        read_at: when the frame handed out last was read (``time.perf_counter()``): for a live
+            source, when its reader thread took it from the capture, which may be well before
+            the consumer asked for it; for others, when it was decoded.
     """
 
     live = False
@@ -163,6 +180,7 @@ class Source:
         self.dropped = 0
         self.skipped = 0
         self.reopened = 0
+        self.read_at: float | None = None
         self.closed = False
 
     def __iter__(self) -> Iterator[np.ndarray]:
@@ -172,6 +190,8 @@ class Source:
         if self.closed:
             raise StopIteration
         frame = self._next_frame()
+        if not self.live:
+            self.read_at = time.perf_counter()
         self.frames += 1
         return frame
 
@@ -350,6 +370,35 @@ def _scene_loop(size, seed: int, objects: int | None, frames: int | None,
 # ----------------------------------------------------------------------------------- live
 
 
+@dataclass
+class Outage:
+    """A live source's failure and recovery, in ``time.perf_counter()`` seconds.
+
+    Attributes:
+        failed: when a read first failed (after ``last_frame``).
+        last_frame: when the last frame before it was read (None: none had been).
+        reopened: when a reopen attempt last succeeded (None: none yet).
+        recovered: when the first frame after it was read (None: not yet, or never).
+        ended: when the source stopped trying, for an outage it never recovered from.
+    """
+
+    failed: float
+    last_frame: float | None = None
+    reopened: float | None = None
+    recovered: float | None = None
+    ended: float | None = None
+
+    def without_frames(self, now: float | None = None) -> float:
+        """Seconds from the last frame before the failure to the first one after it (or to
+        the end, or to ``now``, for an outage not recovered from)."""
+        end = self.recovered or self.ended or (time.perf_counter() if now is None else now)
+        return end - (self.failed if self.last_frame is None else self.last_frame)
+
+    def to_reconnect(self) -> float | None:
+        """Seconds from the failure to the first frame after it; None if none came."""
+        return None if self.recovered is None else self.recovered - self.failed
+
+
 class LiveSource(Source):
     """A source read by a background thread that keeps only the newest frame.
 
@@ -357,7 +406,8 @@ class LiveSource(Source):
     read fails (returns False or raises), the capture is released and opened again after
     ``retry_delay`` seconds, doubling up to ``retry_max_delay``, at most ``retries`` times in a
     row; a successful reopen counts in ``reopened``. When the attempts run out, iterating raises
-    :class:`SourceError`.
+    :class:`SourceError`. Each failure is kept in ``outages`` (:class:`Outage`) until frames
+    come again; reads that fail again before a frame has come belong to the same outage.
 
     Args:
         spec: what was opened, for messages.
@@ -391,6 +441,10 @@ class LiveSource(Source):
         self._bgr = bgr
         self._pace = pace
         self._latest: np.ndarray | None = None
+        self._latest_at = 0.0  # when _latest was read
+        self.outages: list[Outage] = []
+        self.longest_gap = 0.0  # seconds between two frames read, outages included
+        self._last_read: float | None = None
         self._finished = False
         self._error: SourceError | None = None
         self._condition = threading.Condition()
@@ -422,6 +476,7 @@ class LiveSource(Source):
                 except Exception:  # a driver's error of any kind means: reopen
                     ok, frame = False, None
                 if not ok:
+                    self._outage_begins()
                     capture = self._reopen(capture)
                     if capture is None:
                         break
@@ -429,20 +484,40 @@ class LiveSource(Source):
                     continue
                 count += 1
                 rgb = to_rgb_frame(frame, bgr=self._bgr)
+                read_at = time.perf_counter()
                 with self._condition:
                     if rgb is None:
                         self.skipped += 1
                         continue
+                    self._frame_read(read_at)
                     if self._latest is not None:
                         self.dropped += 1
-                    self._latest = rgb
+                    self._latest, self._latest_at = rgb, read_at
                     self._condition.notify_all()
         finally:
             if capture is not None:
                 capture.release()
             with self._condition:
+                if self.outages and self.outages[-1].recovered is None:
+                    self.outages[-1].ended = time.perf_counter()
                 self._finished = True
                 self._condition.notify_all()
+
+    def _outage_begins(self) -> None:
+        """Notes a failed read: a new outage, unless no frame has come since the last one."""
+        with self._condition:
+            if not self.outages or self.outages[-1].recovered is not None:
+                self.outages.append(Outage(failed=time.perf_counter(),
+                                           last_frame=self._last_read))
+
+    def _frame_read(self, read_at: float) -> None:
+        """Notes a good frame: the end of an outage, the gap since the last. Call holding the
+        condition."""
+        if self.outages and self.outages[-1].recovered is None:
+            self.outages[-1].recovered = read_at
+        if self._last_read is not None:
+            self.longest_gap = max(self.longest_gap, read_at - self._last_read)
+        self._last_read = read_at
 
     def _reopen(self, capture: VideoCaptureLike) -> VideoCaptureLike | None:
         """A newly opened capture, or None (stopping, or out of attempts: ``_error`` says why)."""
@@ -461,6 +536,8 @@ class LiveSource(Source):
             if capture.isOpened():
                 with self._condition:
                     self.reopened += 1
+                    if self.outages:
+                        self.outages[-1].reopened = time.perf_counter()
                 return capture
             capture.release()
         self._error = SourceError(
@@ -478,6 +555,7 @@ class LiveSource(Source):
                 self._condition.wait(0.1)
             if self._latest is not None:
                 frame, self._latest = self._latest, None
+                self.read_at = self._latest_at
                 return frame
         if self._error is not None and not self.closed:
             error, self._error = self._error, None
@@ -491,6 +569,23 @@ class LiveSource(Source):
         self._stop.set()
         self._thread.join(timeout)
         super().close()
+
+    def outage_stats(self) -> dict:
+        """The outages in numbers, for a summary: ``outages`` (how many), ``reopened``,
+        ``seconds_without_frames`` (summed over the outages, last frame before to first frame
+        after), ``longest_gap_seconds`` (between any two frames, or in an outage still going
+        on), ``reconnect_seconds`` (each outage's failure to its first frame again; None for
+        one not recovered from)."""
+        with self._condition:
+            now = time.perf_counter()
+            gaps = [outage.without_frames(now) for outage in self.outages]
+            return {
+                "outages": len(self.outages),
+                "reopened": self.reopened,
+                "seconds_without_frames": float(sum(gaps)),
+                "longest_gap_seconds": float(max([self.longest_gap, *gaps])),
+                "reconnect_seconds": [outage.to_reconnect() for outage in self.outages],
+            }
 
 
 def _capture_fps(capture: VideoCaptureLike) -> float | None:

@@ -125,3 +125,16 @@ def test_an_instance_run_counts_instances():
             one_frame(run, frame, segmenter(frame))
     assert run.error is None
     assert run.summary("m", "s", "o", segmenter)["instances"] == 2.0
+
+
+def test_frame_age_summary_against_numpy():
+    from edgeseg.runtime.live import frame_age_summary
+
+    ages = list(np.random.default_rng(3).gamma(2.0, 10.0, 95))
+    got = frame_age_summary(ages)
+    tail = 10  # ceil(0.1 * 95)
+    for key, part in (("first_10pct", ages[:tail]), ("last_10pct", ages[-tail:])):
+        assert got[key] == pytest.approx({"p50": np.median(part), "p90": np.percentile(part, 90),
+                                          "max": np.max(part)})
+    assert got["p90"] == pytest.approx(np.percentile(ages, 90))
+    assert frame_age_summary([]) is None
