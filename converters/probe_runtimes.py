@@ -208,7 +208,8 @@ def collect_probes(exports: list[dict], folder: Path, per_signature: int) -> lis
 
 def worker(listing: str, out: str) -> None:
     """In the runtime's environment: load and run each probe of ``listing`` (one path a line),
-    appending one JSON line per probe to ``out`` (a crash loses only the probe it happened on)."""
+    appending one JSON line per probe to ``out``, from the first probe without one (a crash
+    loses only the probe it happened on: the one after the last line)."""
     import numpy as np
 
     from edgeseg.runtime_tflite import delegation, interpreter_class
@@ -223,8 +224,6 @@ def worker(listing: str, out: str) -> None:
             if not path:
                 continue
             result = {"path": path, "loaded": False, "ran": False, "delegated": False}
-            log.write(json.dumps({**result, "started": True}) + "\n")  # replaced below
-            log.flush()
             try:
                 interpreter = interpreter_class_(model_path=path, num_threads=1)
                 interpreter.allocate_tensors()
@@ -238,21 +237,17 @@ def worker(listing: str, out: str) -> None:
                 result["ran"] = True
             except Exception as e:  # what the runtime says is the finding
                 result["error"] = str(e).strip().splitlines()[0][:300] if str(e) else repr(e)
-            log.seek(0, os.SEEK_END)
             log.write(json.dumps(result) + "\n")
             log.flush()
 
 
 def identity(python: str) -> dict:
     """The runtime ``python``'s environment has: ``{"name", "version"}`` as pip names them."""
-    code = ("import importlib.metadata as m\n"
-            "from edgeseg.runtime_tflite import interpreter_class\n"
-            "module = interpreter_class().__module__.split('.')[0]\n"
-            "name = {'ai_edge_litert': 'ai-edge-litert', 'tflite_runtime': 'tflite-runtime'}[module]\n"
-            "print(name, m.version(name))")
-    name, version = subprocess.run([python, "-c", code], check=True, capture_output=True,
-                                   text=True, cwd=ROOT).stdout.split()
-    return {"name": name, "version": version}
+    code = ("import json\nfrom edgeseg.runtime_tflite import interpreter_identity\n"
+            "print(json.dumps(interpreter_identity()))")
+    done = subprocess.run([python, "-c", code], check=True, capture_output=True, text=True,
+                          cwd=ROOT)
+    return json.loads(done.stdout.splitlines()[-1])
 
 
 def run_probes(python: str, probes: list[dict], folder: Path) -> list[dict]:
@@ -265,8 +260,8 @@ def run_probes(python: str, probes: list[dict], folder: Path) -> list[dict]:
     for _ in range(len(probes) + 1):
         done = subprocess.run([python, "-m", "edgeseg.converters.probe_runtimes", "--worker",
                                str(listing), str(out)], cwd=ROOT, capture_output=True, text=True)
-        lines = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
-        results = _finished(lines)
+        results = ([json.loads(line) for line in out.read_text().splitlines()]
+                   if out.exists() else [])
         if done.returncode == 0 and len(results) == len(probes):
             return results
         # the process died on the probe it had started: record it and go on after it
@@ -275,16 +270,6 @@ def run_probes(python: str, probes: list[dict], folder: Path) -> list[dict]:
                    "error": f"the runtime crashed (exit code {done.returncode})"}
         out.write_text("".join(json.dumps(r) + "\n" for r in [*results, crashed]))
     raise RuntimeError(f"the probes of {python} did not finish")
-
-
-def _finished(lines: list[dict]) -> list[dict]:
-    """The worker's log without the 'started' marks of probes that finished."""
-    results = []
-    for line in lines:
-        if line.get("started"):
-            continue
-        results.append(line)
-    return results
 
 
 def support_table(runtime: dict, probes: list[dict], results: list[dict],

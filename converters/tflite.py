@@ -272,10 +272,10 @@ def check_runtimes(path, runtime: str | None = None) -> dict[str, dict]:
     if runtime:
         report = reports[target.requirement]
         if report.loads is not True:
-            from edgeseg.runtimes import _readable
+            from edgeseg.runtimes import readable_signature
 
-            problems = [f"{_readable(k)}: not in {target.requirement}" for k in report.missing]
-            problems += [f"{_readable(k)}: never probed on {target.requirement}"
+            problems = [f"{readable_signature(k)}: not in {target.requirement}" for k in report.missing]
+            problems += [f"{readable_signature(k)}: never probed on {target.requirement}"
                          for k in report.unknown]
             raise RuntimeTargetError(
                 f"--runtime {runtime}: the export would use operators that runtime cannot load "

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from typing import Any
@@ -86,7 +85,7 @@ def run_demo(model: Any, source: Any, output: Any = "none", alpha: float = 0.5,
 
 class StatsPublisher:
     """Hands a sink that has ``publish(stats)`` (the browser view) the run's figures every
-    ``PUBLISH_EVERY_S``: frames, dropped, fps, median stage ms over the last 30 frames, the
+    ``PUBLISH_EVERY_S``: frames, dropped, fps, median stage ms over the last ``HUD_WINDOW`` frames, the
     model, its runtime and its classes with their colours. Does nothing for other sinks."""
 
     def __init__(self, sink, run: LiveRun, prefetched: Prefetcher, model: Any, segmenter,
@@ -109,13 +108,12 @@ class StatsPublisher:
         if self.publish is None or now - then < PUBLISH_EVERY_S:
             return
         self._last = (now, frames)
-        ms = self.run.times.ms
         self.publish({
             **self.static,
             "frames": frames,
             "dropped": self.prefetched.stats()["dropped"],
             "fps": (frames - frames_then) / (now - then),
-            "stages_ms": {stage: statistics.median(v[-30:]) for stage, v in ms.items() if v},
+            "stages_ms": self.run.times.recent_ms(),
             "view": self.run.view,
         })
 

@@ -16,18 +16,18 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeseg.tflite_file import Operator, TfliteGraph
 
 __all__ = ["SUPPORT_DIR", "RuntimeReport", "RuntimeSupport", "check_graph", "known_runtimes",
-           "runtime_support", "signature", "signatures", "static_weight_producers"]
+           "readable_signature", "runtime_support", "signatures", "static_weight_producers"]
 
 SUPPORT_DIR = Path(__file__).resolve().parent / "runtime_support"
 """The tables shipped with edgeseg; ``EDGESEG_RUNTIME_SUPPORT`` names another folder (tables
 probed on a board's own runtime build)."""
-_WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "FULLY_CONNECTED")
 
 
 def static_weight_producers(graph: TfliteGraph) -> dict[int, list[int]]:
@@ -48,15 +48,10 @@ def _is_constant_dequantize(graph: TfliteGraph, op: Operator) -> bool:
             and graph.tensors[op.inputs[0]].constant)
 
 
-def signature(graph: TfliteGraph, op: Operator) -> str:
-    """``CONV_2D/v3/INT8,INT8c,INT32c``: the operator, its version and its inputs' types, with a
-    trailing ``c`` for a constant input (or one dequantised from a constant) and ``-`` for an
-    omitted optional input."""
-    return signatures(graph)[op.index]
-
-
 def signatures(graph: TfliteGraph) -> list[str]:
-    """:func:`signature` of every operator, in graph order."""
+    """Every operator's signature, in graph order: ``CONV_2D/v3/INT8,INT8c,INT32c``, the
+    operator, its version and its inputs' types, with a trailing ``c`` for a constant input (or
+    one dequantised from a constant) and ``-`` for an omitted optional input."""
     producer = {t: p for p in graph.operators for t in p.outputs}
     keys = []
     for op in graph.operators:
@@ -71,6 +66,18 @@ def signatures(graph: TfliteGraph) -> list[str]:
             inputs.append(tensor.type + ("c" if constant else ""))
         keys.append(f"{op.name}/v{op.version}/{','.join(inputs)}")
     return keys
+
+
+def _parts(key: str) -> tuple[str, int, str]:
+    """A signature's operator, version and inputs."""
+    op, version, inputs = key.split("/")
+    return op, int(version[1:]), inputs
+
+
+def readable_signature(key: str) -> str:
+    """``CONV_2D/v3/INT8,INT8c`` -> ``CONV_2D version 3 (INT8, INT8 const)``, for messages."""
+    op, version, inputs = _parts(key)
+    return f"{op} version {version} ({inputs.replace('c', ' const') or 'no inputs'})"
 
 
 @dataclass(frozen=True)
@@ -92,9 +99,9 @@ class RuntimeSupport:
         entry = self.signatures.get(key)
         if entry:
             return entry["loaded"] == entry["probes"]
-        op, version = key.split("/")[0], int(key.split("/")[1][1:])
-        same_op = [(int(k.split("/")[1][1:]), e) for k, e in self.signatures.items()
-                   if k.split("/")[0] == op]
+        op, version, _ = _parts(key)
+        same_op = [(v, e) for k, e in self.signatures.items()
+                   for o, v, _ in [_parts(k)] if o == op]
         if any(v >= version and e["loaded"] for v, e in same_op):
             return True
         if any(v <= version and e["loaded"] == 0 and "find op" in e.get("error", "")
@@ -232,10 +239,7 @@ def check_model(path, runtime: str | None = None, measure: bool = True,
     from edgeseg.tflite_file import read_tflite
 
     graph = read_tflite(path)
-    operators: dict[str, int] = {}
-    for op in graph.operators:
-        name = f"{op.name} v{op.version}"
-        operators[name] = operators.get(name, 0) + 1
+    operators = Counter(f"{op.name} v{op.version}" for op in graph.operators)
     tables = [runtime_support(runtime, folder)] if runtime else known_runtimes(folder)
     result = {
         "path": str(path), "nodes": len(graph.operators), "macs": graph.macs,
@@ -276,10 +280,10 @@ def check_failures(result: dict) -> list[str]:
         name = report["runtime"]
         if report["missing"]:
             failures.append(f"{name} cannot load it: no kernel for "
-                            + ", ".join(_readable(k) for k in report["missing"]))
+                            + ", ".join(readable_signature(k) for k in report["missing"]))
         if report["unknown"]:
             failures.append(f"{name}: never probed there, so not vouched for: "
-                            + ", ".join(_readable(k) for k in report["unknown"])
+                            + ", ".join(readable_signature(k) for k in report["unknown"])
                             + " (python -m edgeseg.converters.probe_runtimes probes them)")
         if report["int8_without_xnnpack"]:
             failures.append(
@@ -290,14 +294,8 @@ def check_failures(result: dict) -> list[str]:
     return failures
 
 
-def _readable(key: str) -> str:
-    op, version, inputs = key.split("/")
-    return f"{op} version {version[1:]} ({inputs.replace('c', ' const') or 'no inputs'})"
-
-
 def _share(report: dict, what: str) -> str:
-    total = report[what if what != "macs" else "macs"]
-    part = report["xnnpack_nodes" if what == "nodes" else "xnnpack_macs"]
+    total, part = report[what], report[f"xnnpack_{what}"]
     return f"{100 * part / total:.0f}%" if total else "n/a"
 
 
@@ -317,9 +315,10 @@ def format_check(result: dict) -> str:
     measured = result.get("measured")
     if measured:
         if measured["loads"]:
-            outside = ", ".join(f"{k} x{v}" for k, v in measured["outside"].items()) or "none"
-            lines.append(f"\nloaded here by {measured['runtime']}: {measured['partitions']} "
-                         f"XNNPACK partition(s); operators outside the delegate: {outside}")
+            from edgeseg.runtime_tflite import delegation_summary
+
+            lines.append(f"\nloaded here by {measured['runtime']}: "
+                         + delegation_summary(measured["partitions"], measured["outside"]))
         else:
             lines.append(f"\nloading here with {measured['runtime']} failed: {measured['error']}")
     failures = check_failures(result)

@@ -107,13 +107,17 @@ class StageTimes:
     def __len__(self) -> int:
         return len(self.ms["total"])
 
+    def recent_ms(self) -> dict[str, float]:
+        """Each stage's median time over the last ``HUD_WINDOW`` frames (stages with times)."""
+        # statistics.median: on 30 numbers, a tenth of np.median's cost (every frame, 7 times).
+        return {s: statistics.median(v[-HUD_WINDOW:]) for s, v in self.ms.items() if v}
+
     def hud(self) -> str:
         """fps and median stage times over the last ``HUD_WINDOW`` frames."""
         if len(self._done) < 2:
             return "measuring..."
         fps = (len(self._done) - 1) / max(self._done[-1] - self._done[0], 1e-9)
-        # statistics.median: on 30 numbers, a tenth of np.median's cost (every frame, 7 times).
-        recent = {s: statistics.median(v[-HUD_WINDOW:]) for s, v in self.ms.items()}
+        recent = self.recent_ms()
         return (
             f"{fps:.1f} fps | cap {recent['capture']:.1f} pre {recent['preprocess']:.1f} "
             f"inf {recent['inference']:.1f} post {recent['postprocess']:.1f} "
