@@ -86,8 +86,8 @@ EXPORT_FORMATS: dict[str, ExportFormat] = {
         ExportFormat("tensorrt", "engine", ("fp16", "int8"), ("float32",), True, "onnx",
                      "TensorRT engine from the ONNX graph (GPU; trtexec command printed)",
                      "edgeseg.converters.tensorrt_export:write_engine",
-                     # The runtime's load_predictor does not run engines; edgeseg bench does,
-                     # on the GPU and TensorRT that built them.
+                     # Not checked against Keras at export: an engine runs only on the GPU and
+                     # TensorRT that built it (load_predictor runs it there).
                      validated=False),
         ExportFormat("saved_model", None, ("none",), ("float32",), False, "train",
                      "TensorFlow SavedModel folder (for TF Serving, TF.js converters)",

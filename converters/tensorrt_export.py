@@ -29,15 +29,13 @@ import numpy as np
 
 from edgeseg.converters.onnx_export import default_opset, iter_nodes, onnx_op_types
 from edgeseg.io import write_bytes_atomic
+from edgeseg.runtime.engine import TENSORRT_INSTALL_HINT, EngineRunner, import_tensorrt
+from edgeseg.runtime.engine import CudaMemory as _Cuda  # the calibrator's GPU buffer
 
 PRECISIONS = ("fp32", "fp16", "int8")
 LAYOUTS = ("NHWC", "NCHW")
 # The opsets TensorRT 10.0's ONNX parser accepts (later 10.x releases accept newer ones).
 TENSORRT_OPSETS = (9, 20)
-_TENSORRT_INSTALL_HINT = (
-    "install TensorRT's Python package (pip install tensorrt on x86-64 Linux; part of JetPack "
-    "on Jetson)"
-)
 
 # Operators that TensorRT 10's ONNX parser converts natively ("Y" in onnx-tensorrt's
 # docs/operators.md, release/10.x). Operators added only in late 10.x releases for language
@@ -207,78 +205,6 @@ def _import_onnx():
             f'checking an ONNX model needs the onnx package ({error}): pip install "edgeseg[onnx]"'
         ) from error
     return onnx
-
-
-# ---------------------------------------------------------------------------------------------
-# CUDA memory (cuda-python or pycuda) for the calibrator and run_engine
-# ---------------------------------------------------------------------------------------------
-
-
-class _Cuda:
-    """The few CUDA runtime calls that feeding TensorRT needs, through cuda-python or pycuda."""
-
-    def __init__(self):
-        self._cudart = self._driver = None
-        self._pycuda_allocations = {}
-        try:
-            from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-        except ImportError:
-            try:
-                from cuda import cudart  # older cuda-python
-            except ImportError:
-                cudart = None
-        if cudart is not None:
-            self._cudart = cudart
-            return
-        try:
-            import pycuda.autoinit  # noqa: F401  (creates the CUDA context pycuda uses)
-            import pycuda.driver as driver
-        except ImportError as error:
-            raise ImportError(
-                "moving data to the GPU for TensorRT needs cuda-python or pycuda "
-                f"({error}): pip install cuda-python"
-            ) from error
-        self._driver = driver
-
-    def _check(self, result):
-        error, *values = result
-        if error != self._cudart.cudaError_t.cudaSuccess:
-            raise RuntimeError(f"CUDA call failed: {self._cudart.cudaGetErrorString(error)[1]}")
-        return values[0] if len(values) == 1 else values
-
-    def malloc(self, nbytes: int) -> int:
-        if self._cudart is not None:
-            return int(self._check(self._cudart.cudaMalloc(nbytes)))
-        allocation = self._driver.mem_alloc(nbytes)
-        self._pycuda_allocations[int(allocation)] = allocation
-        return int(allocation)
-
-    def free(self, pointer: int) -> None:
-        if self._cudart is not None:
-            self._check(self._cudart.cudaFree(pointer))
-        else:
-            self._pycuda_allocations.pop(pointer).free()
-
-    def to_device(self, pointer: int, host: np.ndarray) -> None:
-        host = np.ascontiguousarray(host)
-        if self._cudart is not None:
-            kind = self._cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-            self._check(self._cudart.cudaMemcpy(pointer, host.ctypes.data, host.nbytes, kind))
-        else:
-            self._driver.memcpy_htod(pointer, host)
-
-    def to_host(self, host: np.ndarray, pointer: int) -> None:
-        if self._cudart is not None:
-            kind = self._cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-            self._check(self._cudart.cudaMemcpy(host.ctypes.data, pointer, host.nbytes, kind))
-        else:
-            self._driver.memcpy_dtoh(host, pointer)
-
-    def synchronize(self) -> None:
-        if self._cudart is not None:
-            self._check(self._cudart.cudaDeviceSynchronize())
-        else:
-            self._driver.Context.synchronize()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -499,14 +425,7 @@ def trtexec_command(
 
 
 def _import_tensorrt(purpose: str, alternative: str):
-    try:
-        import tensorrt
-    except (ImportError, OSError) as error:
-        raise ImportError(
-            f"{purpose} needs TensorRT's Python package, which could not be imported ({error}); "
-            f"{_TENSORRT_INSTALL_HINT}, or {alternative}"
-        ) from error
-    return tensorrt
+    return import_tensorrt(purpose, alternative)
 
 
 def build_engine(
@@ -515,6 +434,8 @@ def build_engine(
     precision: str = "fp16",
     calibrator=None,
     workspace_gb: float = 2,
+    *,
+    final_path: str | os.PathLike | None = None,
 ) -> Path:
     """Builds a serialized TensorRT engine from an ONNX model with TensorRT's Python API.
 
@@ -526,6 +447,8 @@ def build_engine(
         calibrator: for "int8", an ``EntropyCalibrator`` (or any TensorRT INT8 calibrator)
             whose batch size equals the model's batch dimension.
         workspace_gb: the builder's workspace memory pool limit, in GiB.
+        final_path: where the engine will be renamed to when ``engine_path`` is a temporary
+            name, for the ``trtexec`` line in error messages (default ``engine_path``).
     Returns:
         ``engine_path``.
     Raises:
@@ -542,7 +465,7 @@ def build_engine(
         raise FileNotFoundError(f"ONNX model {onnx_path} does not exist")
     command = trtexec_command(
         onnx_path,
-        engine_path,
+        final_path or engine_path,
         precision,
         calib_cache=getattr(calibrator, "cache_path", None),
         workspace_mb=max(1, round(workspace_gb * 1024)),
@@ -594,27 +517,89 @@ def build_engine(
     return write_bytes_atomic(engine_path, bytes(serialized))
 
 
+class TensorRTUnavailableError(ImportError):
+    """``edgeseg export --format tensorrt`` without TensorRT's Python package: the ONNX graph
+    was written (``onnx_path``) but no engine; the message holds the ``trtexec`` line
+    (``command``) that builds it where TensorRT is."""
+
+    def __init__(self, message: str, onnx_path: Path, engine_path: Path, command: str):
+        super().__init__(message)
+        self.onnx_path = onnx_path
+        self.engine_path = engine_path
+        self.command = command
+
+
+def tensorrt_fallback(onnx_path: Path, engine_path: Path, precision: str,
+                      reason: str) -> TensorRTUnavailableError:
+    """The error ``write_engine`` raises without TensorRT: what was written, and the trtexec
+    line that builds the engine from it, as printed (paths quoted for a POSIX shell).
+
+    An INT8 engine needs a calibration table, which only TensorRT's Python API writes (trtexec
+    reads one, it does not calibrate from images); without one the line builds an FP16 engine
+    (named ``*_fp16.engine``) and the message says how to get the INT8 one.
+    """
+    lines = [
+        f"no engine written: TensorRT's Python package could not be imported ({reason}).",
+        f"The ONNX graph is in {onnx_path}; build the engine from it on the device (trtexec is "
+        "in /usr/src/tensorrt/bin on JetPack):",
+    ]
+    if precision == "int8":
+        stem = engine_path.stem.removesuffix("_int8")
+        fp16_path = engine_path.with_name(f"{stem}_fp16{engine_path.suffix}")
+        command = trtexec_command(onnx_path, fp16_path, "fp16")
+        calib = default_calibration_cache(engine_path)
+        lines[1:] = [
+            f"The ONNX graph is in {onnx_path}. An INT8 engine also needs a calibration table, "
+            "which only TensorRT's Python API writes (trtexec reads one but does not "
+            "calibrate), and there is none; this builds an FP16 engine from the graph (trtexec "
+            "is in /usr/src/tensorrt/bin on JetPack):",
+            f"  {command}",
+            f"For INT8, run this export where TensorRT's Python package is (a desktop GPU will "
+            f"do: the table it writes, {calib}, serves other GPUs with the same TensorRT "
+            f"version), or install it here; trtexec "
+            f"then builds the INT8 engine with: "
+            f"{trtexec_command(onnx_path, engine_path, 'int8', calib_cache=calib)}",
+        ]
+    else:
+        command = trtexec_command(onnx_path, engine_path, precision)
+        lines.append(f"  {command}")
+        lines.append(f"or {TENSORRT_INSTALL_HINT} and export again.")
+    return TensorRTUnavailableError("\n".join(lines), onnx_path, engine_path, command)
+
+
 def write_engine(job, path: str | os.PathLike) -> str:
     """The formats table's TensorRT converter (see ``edgeseg.converters.formats``).
 
-    The ONNX graph is written beside the engine's destination (``<name>.onnx``), with the
-    ``trtexec`` line that builds the same engine on a device without TensorRT's Python package;
-    then the engine is built at ``path``. ``int8`` calibrates on ``job.calibration`` and writes
-    the table to ``<engine>.calib`` for that trtexec line. Returns ``job.quant``.
+    The ONNX graph is written beside the engine's destination under the same name
+    (``<name>.onnx``); then the engine is built at ``path`` and the ``trtexec`` line that builds
+    the same engine on a device without TensorRT's Python package is printed. ``int8``
+    calibrates on ``job.calibration`` and writes the table to ``<engine>.calib`` for that line.
+    Returns ``job.quant``.
+
+    Without TensorRT's Python package nothing is built: the ONNX graph stays and a
+    :class:`TensorRTUnavailableError` (an ImportError) gives the trtexec line that builds the
+    engine from it (:func:`tensorrt_fallback`).
     """
     from edgeseg.converters.onnx_export import convert_keras_to_onnx
 
     destination = Path(job.destination or path)
     onnx_path = write_bytes_atomic(destination.with_suffix(".onnx"),
                                    convert_keras_to_onnx(job.model).SerializeToString())
-    calibrator = None
+    cache = default_calibration_cache(destination)
     if job.quant == "int8":
-        cache = default_calibration_cache(destination)
         # A table left by an earlier export belongs to other weights: TensorRT would reuse it.
         cache.unlink(missing_ok=True)
+    try:
+        import tensorrt  # noqa: F401
+    except (ImportError, OSError) as error:
+        raise tensorrt_fallback(onnx_path, destination, job.quant, str(error)) from error
+    calibrator = None
+    if job.quant == "int8":
         calibrator = EntropyCalibrator(job.calibration, batch_size=1, cache_path=str(cache))
-    print("for images with only trtexec:\n  " + trtexec_command(onnx_path, destination, job.quant))
-    build_engine(onnx_path, path, job.quant, calibrator)
+    build_engine(onnx_path, path, job.quant, calibrator, final_path=destination)
+    print("to build the same engine with trtexec (TensorRT without its Python package):\n  "
+          + trtexec_command(onnx_path, destination, job.quant,
+                            calib_cache=cache if job.quant == "int8" else None))
     return job.quant
 
 
@@ -623,58 +608,18 @@ def run_engine(engine_path: str | os.PathLike, x: np.ndarray) -> np.ndarray:
 
     Args:
         x: images (N, H, W, C) or one image (H, W, C), in the engine input's layout. With an
-            engine built for batch 1 and N > 1, the images run one at a time.
+            engine built for batch B, N must be a multiple of B; the images run B at a time.
     """
-    trt = _import_tensorrt("running a TensorRT engine", "run the ONNX model with run_onnx")
-    logger = trt.Logger(trt.Logger.WARNING)
-    engine = trt.Runtime(logger).deserialize_cuda_engine(Path(engine_path).read_bytes())
-    if engine is None:
-        raise RuntimeError(
-            f"TensorRT could not load {engine_path}: engines only run on the GPU model and "
-            "TensorRT version that built them"
-        )
-    context = engine.create_execution_context()
-    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-    outputs = [n for n in names if n not in inputs]
-    if len(inputs) != 1:
-        raise ValueError(f"run_engine runs engines with one input; {engine_path} has {inputs}")
-    input_shape = tuple(engine.get_tensor_shape(inputs[0]))
-    if any(d < 0 for d in input_shape):
-        raise ValueError(f"run_engine needs a static input shape, the engine has {input_shape}")
-
-    x = np.asarray(x, dtype=trt.nptype(engine.get_tensor_dtype(inputs[0])))
-    single = x.ndim == 3
-    if single:
-        x = x[None]
-    if x.shape[1:] != input_shape[1:]:
-        raise ValueError(f"the engine takes images of shape {input_shape[1:]}, got {x.shape[1:]}")
-    engine_batch = input_shape[0]
-    if x.shape[0] % engine_batch:
-        raise ValueError(f"the engine takes batches of {engine_batch} images, got {x.shape[0]}")
-
-    cuda = _Cuda()
-    host_outputs = {
-        n: np.empty(tuple(engine.get_tensor_shape(n)), dtype=trt.nptype(engine.get_tensor_dtype(n)))
-        for n in outputs
-    }
-    pointers = {inputs[0]: cuda.malloc(int(np.prod(input_shape)) * x.itemsize)}
-    pointers.update({n: cuda.malloc(host.nbytes) for n, host in host_outputs.items()})
-    try:
-        for name, pointer in pointers.items():
-            context.set_tensor_address(name, pointer)
-        results = []
-        for start in range(0, x.shape[0], engine_batch):
-            cuda.to_device(pointers[inputs[0]], x[start : start + engine_batch])
-            # The default stream, then a device-wide sync: simple, and this is a checking tool.
-            if not context.execute_async_v3(0):
-                raise RuntimeError(f"TensorRT failed to run {engine_path}")
-            cuda.synchronize()
-            first = host_outputs[outputs[0]]
-            cuda.to_host(first, pointers[outputs[0]])
-            results.append(first.copy())
-    finally:
-        for pointer in pointers.values():
-            cuda.free(pointer)
-    y = np.concatenate(results, axis=0)
+    with EngineRunner(engine_path, alternative="run the ONNX model with run_onnx") as runner:
+        x = np.asarray(x)
+        single = x.ndim == 3
+        if single:
+            x = x[None]
+        if x.shape[1:] != runner.input_shape[1:]:
+            raise ValueError(
+                f"the engine takes images of shape {runner.input_shape[1:]}, got {x.shape[1:]}"
+            )
+        if x.shape[0] % runner.batch:
+            raise ValueError(f"the engine takes batches of {runner.batch} images, got {x.shape[0]}")
+        y = runner.run(x)[runner.output_names[0]]
     return y[0] if single else y

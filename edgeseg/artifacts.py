@@ -347,11 +347,15 @@ def _inspect_engine(path: Path) -> _Inspection:
     inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
     outputs = [n for n in names if n not in inputs]
     shape = tuple(engine.get_tensor_shape(inputs[0]))
-    size = (int(shape[2]), int(shape[1])) if len(shape) == 4 and min(shape[1:3]) > 0 else None
+    # An engine built from an NCHW ONNX graph takes (N, 3, H, W) and gives (N, K, H, W).
+    channels_first = len(shape) == 4 and shape[1] == 3 and shape[3] != 3
+    height, width = (shape[2:4] if channels_first else shape[1:3]) if len(shape) == 4 else (0, 0)
+    size = (int(width), int(height)) if min(height, width) > 0 else None
     if sorted(outputs) == sorted(DETECTION_KEYS):
         return _Inspection(size, "instance", output="detections")
     out_shape = tuple(engine.get_tensor_shape(outputs[0]))
-    return _Inspection(size, "semantic", out_shape[-1] if len(out_shape) == 4 else None)
+    classes = (out_shape[1] if channels_first else out_shape[-1]) if len(out_shape) == 4 else None
+    return _Inspection(size, "semantic", classes)
 
 
 _INSPECTORS = {"keras": _inspect_keras, "tflite": _inspect_tflite, "onnx": _inspect_onnx,

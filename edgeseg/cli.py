@@ -29,6 +29,17 @@ def parse_threads(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def parse_precisions(text: str) -> list[str]:
+    """'fp32' or 'fp32,bf16' -> ['fp32'] / ['fp32', 'bf16'], as an argparse type
+    (``bench.runner.parse_precisions``)."""
+    from edgeseg.bench.runner import parse_precisions as parse
+
+    try:
+        return parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def parse_options(pairs: list[str]) -> dict:
     """['width=0.5', 'padding=valid'] -> {'width': 0.5, 'padding': 'valid'} (JSON values)."""
     options = {}
@@ -209,9 +220,17 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    import warnings
     from pathlib import Path
 
-    from edgeseg.bench.runner import DEFAULT_SIZES, benchmark, format_row, parse_sizes, write_jsonl
+    from edgeseg.bench.runner import (
+        DEFAULT_SIZES,
+        PrecisionSkippedWarning,
+        benchmark,
+        format_row,
+        parse_sizes,
+        write_jsonl,
+    )
 
     if args.artifacts and args.artifacts[0] == "report":
         return cmd_bench_report(args)
@@ -223,16 +242,27 @@ def cmd_bench(args) -> int:
     sizes = parse_sizes(args.sizes) if args.sizes else DEFAULT_SIZES
     failed = 0
     notes = set()
-    for row in benchmark(args.artifacts, sizes, threads=args.threads, warmup=args.warmup,
-                         runs=args.runs, min_seconds=args.min_seconds, resize=args.resize,
-                         model_size=args.model_size, timeout=args.timeout):
-        write_jsonl([row], args.out)
-        print(format_row(row), flush=True)
-        failed += row["error"] is not None
-        note = (Path(row["artifact"]).name, row.get("note"))
-        if note[1] and note not in notes:
-            notes.add(note)
-            print(f"  note: {note[0]}: {note[1]}", flush=True)
+    show_warning = warnings.showwarning
+
+    def show(message, category, *where, **options):
+        if issubclass(category, PrecisionSkippedWarning):  # a note, not a problem
+            print(f"  note: {message}", flush=True)
+        else:
+            show_warning(message, category, *where, **options)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        for row in benchmark(args.artifacts, sizes, threads=args.threads,
+                             precisions=args.precision, warmup=args.warmup, runs=args.runs,
+                             min_seconds=args.min_seconds, resize=args.resize,
+                             model_size=args.model_size, timeout=args.timeout):
+            write_jsonl([row], args.out)
+            print(format_row(row), flush=True)
+            failed += row["error"] is not None
+            note = (Path(row["artifact"]).name, row.get("note"))
+            if note[1] and note not in notes:
+                notes.add(note)
+                print(f"  note: {note[0]}: {note[1]}", flush=True)
     print(f"results appended to {args.out}" + (f"; {failed} rows failed" if failed else ""))
     return 0
 
@@ -346,8 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="latency of exported models per stage; 'bench report' merges results of many devices",
         description="edgeseg bench ARTIFACT... --out results.jsonl | "
-                    "edgeseg bench report RESULTS.jsonl... --out DIR. Each artifact, frame size "
-                    "and thread count runs in its own process.",
+                    "edgeseg bench report RESULTS.jsonl... --out DIR. Each artifact, frame size, "
+                    "precision and thread count runs in its own process.",
     )
     p.add_argument("artifacts", nargs="*", metavar="ARTIFACT",
                    help="model files (.tflite, .onnx, .keras), or 'report' then result files")
@@ -355,6 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=parse_threads,
                    help="inference threads (TFLite / onnxruntime): a number, or a comma list "
                         "to sweep, e.g. 1,2,4")
+    p.add_argument("--precision", type=parse_precisions, default=["fp32"],
+                   help="what a .keras model computes in on the active Keras backend: fp32, "
+                        "bf16 or fp16 (Keras' mixed dtype policy), or a comma list to sweep, "
+                        "e.g. fp32,bf16 (default fp32). .tflite / .onnx files run as exported: "
+                        "they give fp32 rows only")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--runs", type=int, default=20, help="at least this many timed runs")
     p.add_argument("--min-seconds", type=float, default=2.0, help="and at least this long")

@@ -38,6 +38,33 @@ sys.meta_path.insert(0, Block())
 """
 
 
+# The start of a ``python -c`` script for a GPU box without TensorFlow: Keras on JAX, and
+# TensorFlow (with TensorBoard and tf_keras) cannot be imported, whatever this environment has.
+WITHOUT_TENSORFLOW = """
+import os, sys
+os.environ["KERAS_BACKEND"] = "jax"
+class NoTensorFlow:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "tensorboard", "tf_keras"):
+            raise ModuleNotFoundError(f"No module named {name!r} (not installed on this machine)")
+sys.meta_path.insert(0, NoTensorFlow())
+"""
+
+
+def edgeseg_without_tensorflow(*args: str) -> list[str]:
+    """The command line of ``edgeseg ARGS`` on Keras' JAX backend with TensorFlow unimportable;
+    it fails if anything imported TensorFlow after all."""
+    import sys
+
+    script = WITHOUT_TENSORFLOW + (
+        "from edgeseg.cli import main\n"
+        "code = main(sys.argv[1:])\n"
+        "assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'\n"
+        "sys.exit(code)\n"
+    )
+    return [sys.executable, "-c", script, *args]
+
+
 def graph_ops(blob: bytes) -> list[dict]:
     """The operators of a TFLite flatbuffer as written (before any delegate takes a subgraph):
     ``{"op", "inputs", "outputs"}``, the tensors as ``(name, dtype name, shape)``."""

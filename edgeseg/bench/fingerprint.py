@@ -95,8 +95,10 @@ def device_fingerprint(
     if gpu_name is None:
         gpu_name = _gpu_name_from_proc(proc)
     power_mode, power_mode_source = (None, None)
+    clocks = None
     if jetson_model or (system / "etc/nvpmodel.conf").is_file():
         power_mode, power_mode_source = _power_mode(system, run_commands)
+        clocks = jetson_clocks(system)
 
     return {
         "hostname": socket.gethostname(),
@@ -114,6 +116,8 @@ def device_fingerprint(
         "jetson_model": jetson_model,
         "power_mode": power_mode,
         "power_mode_source": power_mode_source,
+        "jetson_clocks": clocks["state"] if clocks else None,
+        "clocks": clocks,
         "packages": package_versions(),
     }
 
@@ -242,6 +246,39 @@ def _gpu_name_from_proc(proc: Path) -> str | None:
         if match:
             return match.group(1).strip()
     return None
+
+
+def _khz(path: Path) -> int | None:
+    text = _read(path)
+    try:
+        return int(text.split()[0]) if text else None
+    except ValueError:
+        return None
+
+
+def jetson_clocks(system: Path) -> dict | None:
+    """Whether ``jetson_clocks`` holds this Jetson's clocks at their maximum, read from sysfs
+    (no root needed): it sets every CPU's ``scaling_min_freq`` to its ``cpuinfo_max_freq`` and
+    the GPU's devfreq ``min_freq`` to its ``max_freq``; nvpmodel alone lets them scale down.
+
+    Returns ``{"state": "on" | "off", "cpu_min_khz", "cpu_max_khz", "gpu_min_hz",
+    "gpu_max_hz"}`` (the first CPU's and the GPU's figures), or None where sysfs shows no
+    CPU frequency scaling.
+    """
+    cpus = sorted((system / "sys/devices/system/cpu").glob("cpu[0-9]*/cpufreq"))
+    pairs = [(_khz(c / "scaling_min_freq"), _khz(c / "cpuinfo_max_freq")) for c in cpus]
+    pairs = [(low, high) for low, high in pairs if low and high]
+    if not pairs:
+        return None
+    gpu_low = gpu_high = None
+    for devfreq in sorted((system / "sys/class/devfreq").glob("*")):
+        if re.search(r"gpu|gv11b|ga10b|gp10b", devfreq.name):
+            gpu_low, gpu_high = _khz(devfreq / "min_freq"), _khz(devfreq / "max_freq")
+            break
+    held = all(low >= high for low, high in pairs) and (
+        gpu_low is None or gpu_high is None or gpu_low >= gpu_high)
+    return {"state": "on" if held else "off", "cpu_min_khz": pairs[0][0],
+            "cpu_max_khz": pairs[0][1], "gpu_min_hz": gpu_low, "gpu_max_hz": gpu_high}
 
 
 def _power_mode(system: Path, run_commands: bool) -> tuple[str | None, str | None]:

@@ -10,6 +10,13 @@ The network's input (``model_input``), not the camera frame (``size``), is what 
 resolutions are: a model exported at 240x180 and fed 480x320 frames runs the network at 240x180,
 and is not comparable with the paper's 480x320 row. ``edgeseg bench --model-size frame`` runs
 the network at the frame's size where the model allows.
+
+Each table row names its precision (a .keras row's own label, "bf16 (mixed_bfloat16)"; else
+the row's ``quant``; rows without either are fp32) and its batch (1 unless the row says
+otherwise: ``benchmarks/gpu/bench_jax.py`` writes batch-8 throughput rows, whose latency is per
+batch and fps images / s), so that GPU rows at fp32 and bf16, batch 1 and 8 sit beside the
+paper's batch-1 rows. A .keras row's device is where its backend ran it
+(``compute_device``): the GPU and its driver, or the machine's CPU where the backend saw no GPU.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ def _paper_row(model: str, device: str, size: str, ms: float, fps: float,
         "size": size,
         "model_input": size,
         "threads": None,
+        "batch": 1,
         "device": {"label": PAPER_DEVICES[device]},
         "latency_ms": {"total": {"median": ms}},
         "fps": fps,
@@ -78,6 +86,8 @@ COLUMNS = (
     "format",
     "runtime",
     "quant",
+    "precision",
+    "batch",
     "threads",
     "model_input",
     "total_ms",
@@ -105,6 +115,8 @@ HEADERS = {
     "format": "format",
     "runtime": "runtime",
     "quant": "quant",
+    "precision": "precision",
+    "batch": "batch",
     "threads": "threads",
     "model_input": "model input",
     "total_ms": "total ms (median)",
@@ -179,7 +191,9 @@ def deduplicate(rows: Iterable[dict]) -> list[dict]:
             row.get("model_input"),
             row.get("resize"),
             row.get("threads"),
-            device_label(row.get("device")),
+            row_precision(row),
+            row_batch(row),
+            row_device_label(row),
         )
         previous = latest.get(key)
         if previous is None or str(row.get("timestamp") or "") >= str(
@@ -210,8 +224,10 @@ def device_label(fingerprint: dict | None) -> str:
     if jetson:
         name = re.sub(r"^NVIDIA\s+", "", jetson)
         name = re.sub(r"\s*(Engineering Reference\s+)?Developer Kit.*$", "", name).strip()
-        mode = fingerprint.get("power_mode")
-        return f"{name} ({mode})" if mode else name
+        settings = [fingerprint.get("power_mode"),
+                    "jetson_clocks" if fingerprint.get("jetson_clocks") == "on" else None]
+        settings = ", ".join(filter(None, settings))
+        return f"{name} ({settings})" if settings else name
     gpu = fingerprint.get("gpu_name")
     if gpu:
         driver = fingerprint.get("gpu_driver")
@@ -221,6 +237,42 @@ def device_label(fingerprint: dict | None) -> str:
     cpu = f"{cpu} x{cores}" if cores else cpu
     board = fingerprint.get("board")
     return f"{board} ({cpu})" if board else cpu
+
+
+def row_device_label(row: dict) -> str:
+    """The device a row ran on: for a .keras row with a ``compute_device`` the GPU its backend
+    used ("NVIDIA H200 / 570.86.15", as :func:`device_label` names a machine's GPU) or, where
+    the backend ran on the CPU, the machine without its GPU; else the machine's label."""
+    compute = row.get("compute_device")
+    machine = row.get("device")
+    if not isinstance(compute, dict) or (machine or {}).get("label"):
+        return device_label(machine)
+    if compute.get("platform") == "gpu":
+        name, driver = compute.get("name") or "GPU", compute.get("driver")
+        return f"{name} / {driver}" if driver else name
+    if compute.get("platform") == "cpu" and machine:
+        return device_label({**machine, "gpu_name": None, "gpu_driver": None})
+    return device_label(machine)
+
+
+def row_precision(row: dict) -> str | None:
+    """What the row computed in: its ``precision`` (a .keras row's label); else its ``quant``
+    ("int8", "fp16"; a GPU script's "bf16" with its Keras policy), fp32 where that is None or
+    "none"; None for published rows that do not say."""
+    if row.get("precision"):
+        return str(row["precision"])
+    if row.get("reference"):
+        return None
+    quant, policy = row.get("quant"), row.get("precision_policy")
+    if quant in (None, "none", "fp32", "float32"):
+        return "fp32"
+    return f"{quant} ({policy})" if policy and policy != "float32" else str(quant)
+
+
+def row_batch(row: dict) -> int:
+    """Images per inference call: the row's ``batch``, 1 for rows without one."""
+    batch = row.get("batch")
+    return int(batch) if batch else 1
 
 
 def _pixels(size: str | None) -> int:
@@ -250,10 +302,12 @@ def table_rows(rows: Iterable[dict]) -> list[dict]:
             {
                 "model": row.get("model"),
                 "size": row.get("size"),
-                "device": device_label(row.get("device")),
+                "device": row_device_label(row),
                 "format": row.get("format"),
                 "runtime": row.get("runtime"),
                 "quant": row.get("quant"),
+                "precision": row_precision(row),
+                "batch": row_batch(row),
                 "threads": row.get("threads"),
                 "model_input": network_input(row),
                 "total_ms": _median(row, "total"),
@@ -282,6 +336,8 @@ def table_rows(rows: Iterable[dict]) -> list[dict]:
             str(r["format"]),
             str(r["runtime"] or ""),
             str(r["quant"]),
+            str(r["precision"] or ""),
+            r["batch"],
             r["threads"] or 0,
             _pixels(r["size"]),
             str(r["size"]),
@@ -362,7 +418,10 @@ def _markdown(records: list[dict]) -> str:
         "# Benchmark report",
         "",
         "Median end-to-end latency per frame (resize and normalise, the model, argmax and resize "
-        "back) on a synthetic frame of the given size, batch 1; fps = 1000 / median. One table "
+        "back) on a synthetic frame of the given size, batch 1; fps = 1000 / median. Rows of a "
+        "larger batch (GPU throughput) give the latency per batch and fps in images / s. The "
+        "precision column says what the model computed in (fp32 with its matmul precision, or "
+        "bf16 / fp16 compute through a Keras mixed dtype policy). One table "
         "per model and network input size: the size the network ran at, which is the frame's "
         "only where the model was exported at it or benchmarked with `--model-size frame`. Rows "
         f"marked *paper* are published figures ({PAPER_SOURCE}; for mobile_mask_rcnn "
@@ -393,14 +452,17 @@ def _markdown(records: list[dict]) -> str:
 
 def latency_series(records: list[dict]) -> dict[tuple[str, bool], list[tuple[int, float]]]:
     """The plot's lines: ``(label, published)`` -> [(network input pixels, median total ms)],
-    one per device, format, runtime, model, quantisation and thread count. A row whose frame
-    was resized to another network input is a point of its own, labelled with its frame."""
+    one per device, format, runtime, model, quantisation, precision, batch and thread count. A
+    row whose frame was resized to another network input is a point of its own, labelled with
+    its frame."""
     series: dict[tuple, list[tuple[int, float]]] = {}
     for record in records:
         pixels = _pixels(record["model_input"])
         if record["error"] or record["total_ms"] is None or not pixels:
             continue
         resized = record["size"] != record["model_input"] and not record["reference"]
+        precision = record.get("precision")
+        batch = record.get("batch") or 1
         label = " ".join(
             str(part)
             for part in (
@@ -408,6 +470,10 @@ def latency_series(records: list[dict]) -> dict[tuple[str, bool], list[tuple[int
                 record["format"] if not record["reference"] else None,
                 f"({record['runtime']})" if record["runtime"] else None,
                 record["quant"] if record["quant"] not in (None, "none") else None,
+                precision if precision and not precision.startswith(("fp32", str(record["quant"])))
+                else None,
+                f"batch {batch}" if batch != 1
+                and f"batch {batch}" not in str(record["runtime"]) else None,
                 f"{record['threads']} threads" if record["threads"] else None,
                 f"(frame {record['size']})" if resized else None,
             )

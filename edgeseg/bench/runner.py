@@ -1,14 +1,21 @@
-"""The benchmark loop: every artifact at every frame size and thread count, one JSON row each.
+"""The benchmark loop: every artifact at every frame size, precision and thread count, one JSON
+row each.
 
 ``benchmark(["enet.tflite", "enet.onnx"])`` times, for each camera frame size and thread count,
 the runtime's whole path (``Segmenter``: resize and normalise, the model, argmax and resize back)
 on a deterministic synthetic frame: a few warm-up frames, then timed frames until both ``runs``
-frames and ``min_seconds`` have passed. Each (artifact, size, threads) runs in its own fresh
+frames and ``min_seconds`` have passed. Each (artifact, size, precision, threads) runs in its own fresh
 Python process (:mod:`edgeseg.bench.worker`), so that its load time, first frame and peak memory
 are its own: a .tflite row after a .keras row carries no TensorFlow. This process never imports
 TensorFlow or a model runtime. A model that fails to load or run, or a process that crashes or
 is killed, gives a row with ``error`` set, never an exception (Ultralytics' ``yolo benchmark``
 does the same), so one broken export does not lose the others' numbers.
+
+Precisions: a .keras model runs on the active Keras backend (compiled, on the first GPU that
+backend sees) at each precision asked: "fp32", or "bf16" / "fp16" compute through Keras' mixed
+dtype policy (:data:`edgeseg.runtime.predictor.PRECISIONS`). A .tflite, .onnx or .engine file
+runs at the precision it was exported at: it gives its rows for "fp32" only, and a sweep that
+asks it for another precision gives no row for that one (one warning per file says so).
 
 Sizes: ``size`` is the camera frame and ``model_input`` the size the network ran at. With
 ``model_size="artifact"`` (the default) the frame is resized to the model's own input, as an
@@ -29,7 +36,18 @@ Row schema (one JSON object per line of the results file):
   ``model_size``: "artifact" or "frame" (what was asked); ``note``: None, or why the network
   did not run at the size asked; ``resize``: resize / letterbox; ``threads``: an int, or None
   for the runtime's default
-- ``device``: :func:`~edgeseg.bench.fingerprint.device_fingerprint`
+- ``batch``: images per inference call, 1 (frames are segmented one at a time); rows of
+  ``benchmarks/gpu/bench_jax.py`` may have more
+- ``precision``: for .keras rows what the model computed in, as the predictor states it:
+  "fp32 (matmul precision: default)", "fp32 (matmul precision: default, TF32 on this GPU)",
+  "bf16 (mixed_bfloat16)"; None for other formats (their ``quant`` says it);
+  ``compute_dtype``: for .keras rows the compute dtype(s) of the layers that hold weights, read
+  from the model that ran ("bfloat16"; "bfloat16, float32" where some layers keep float32)
+- ``backend``: for .keras rows the Keras backend ("jax", "tensorflow"), else None;
+  ``compute_device``: for .keras rows where that backend ran the model
+  (:func:`edgeseg.runtime.predictor.keras_device`: ``platform``, ``name`` and for a GPU
+  ``memory_mib``, ``driver``, ``compute_capability``), else None
+- ``device``: the machine, :func:`~edgeseg.bench.fingerprint.device_fingerprint`
 - ``latency_ms``: ``{preprocess, inference, postprocess, total}``, each
   :func:`~edgeseg.bench.stats.latency_stats` (median, mean, p90, p99, std, min)
 - ``fps``: 1000 / median total; ``runs``: timed frames; ``warmup``
@@ -40,7 +58,7 @@ Row schema (one JSON object per line of the results file):
   ``tensorflow_loaded``: whether TensorFlow was imported in that process
 - ``runtime``: what ran the model, with its version: "ai-edge-litert 2.3.0" or
   "tflite-runtime 2.14.0" (a .tflite's interpreter, as pip names it), "onnxruntime 1.22.0
-  (CPUExecutionProvider)", "keras 3.10.0 (tensorflow 2.19.0 backend)"
+  (CPUExecutionProvider)", "keras 3.10.0 (jax 0.6.2 backend, gpu NVIDIA H200)"
 - ``graph_nodes``, ``xnnpack_partitions``, ``ops_outside_delegate``: for .tflite, how LiteRT
   runs the graph (:func:`edgeseg.runtime_tflite.delegation`): the model's operators, the
   delegate's partitions (1 is one XNNPACK subgraph for the whole model), and
@@ -65,6 +83,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -80,6 +99,12 @@ STAGES = ("preprocess", "inference", "postprocess", "total")
 SIZE_PATTERN = re.compile(r"(?<![0-9])(\d+)x(\d+)(?![0-9])")
 MODEL_SIZES = ("artifact", "frame")
 FIXED_INPUT_NOTE = "the graph has a fixed input; ran at {size}"
+DEFAULT_PRECISION = "fp32"
+
+
+class PrecisionSkippedWarning(UserWarning):
+    """A sweep asked a file that runs as exported (.tflite, .onnx) for a precision other than
+    fp32: that row is not measured."""
 
 
 # --- sizes, threads and artifacts ---------------------------------------------------------------
@@ -109,6 +134,24 @@ def parse_threads(threads: int | str | Iterable[int] | None) -> list[int | None]
     if not counts or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in counts):
         raise ValueError(f"thread counts must be positive integers; got {threads!r}")
     return counts
+
+
+def parse_precisions(precisions: str | Iterable[str] | None) -> list[str]:
+    """``"fp32,bf16"`` or ``["fp32", "bf16"]`` -> the precisions to sweep, each one of
+    :data:`edgeseg.runtime.predictor.PRECISIONS`; None -> ``["fp32"]``."""
+    from edgeseg.runtime.predictor import PRECISIONS
+
+    if precisions is None:
+        return [DEFAULT_PRECISION]
+    texts = precisions.split(",") if isinstance(precisions, str) else list(precisions)
+    names = [str(t).strip() for t in texts if str(t).strip()]
+    unknown = [name for name in names if name not in PRECISIONS]
+    if not names or unknown:
+        raise ValueError(
+            f"precision must be one of {', '.join(PRECISIONS)} (or a comma list of them, such as "
+            f"fp32,bf16); got {', '.join(map(repr, unknown)) if unknown else repr(precisions)}"
+        )
+    return list(dict.fromkeys(names))  # each once, in the order given
 
 
 def size_label(size: Sequence[int] | None) -> str | None:
@@ -187,10 +230,11 @@ def new_row(path: Path, job: dict) -> dict:
     """A row of the schema with what is known before the model is loaded; the rest None."""
     from edgeseg.artifacts import FORMATS_BY_SUFFIX
 
+    fmt = FORMATS_BY_SUFFIX.get(path.suffix)
     return {
         "model": path.stem,
         "artifact": str(path),
-        "format": FORMATS_BY_SUFFIX.get(path.suffix),
+        "format": fmt,
         "quant": None,
         "size": size_label(job["size"]),
         "model_input": None,
@@ -198,6 +242,12 @@ def new_row(path: Path, job: dict) -> dict:
         "note": None,
         "resize": job["resize"],
         "threads": job["threads"],
+        "batch": 1,
+        # What was asked ("bf16"), until the worker's predictor says what ran.
+        "precision": job.get("precision", DEFAULT_PRECISION) if fmt == "keras" else None,
+        "compute_dtype": None,
+        "backend": None,
+        "compute_device": None,
         "device": job["device"],
         "latency_ms": None,
         "fps": None,
@@ -237,6 +287,7 @@ def benchmark(
     artifacts: Iterable[str | os.PathLike],
     sizes: Sequence[tuple[int, int]] = DEFAULT_SIZES,
     threads: int | str | Iterable[int] | None = None,
+    precisions: str | Iterable[str] | None = None,
     warmup: int = 3,
     runs: int = 20,
     min_seconds: float = 2.0,
@@ -245,14 +296,18 @@ def benchmark(
     model_size: str = "artifact",
     timeout: float | None = None,
 ) -> Iterator[dict]:
-    """Benchmarks each artifact at each frame size and thread count, each in a fresh process;
-    yields one row per triple as it finishes.
+    """Benchmarks each artifact at each frame size, precision and thread count, each in a fresh
+    process; yields one row per combination as it finishes.
 
     Args:
         artifacts: model files, ``{size}`` patterns or directories (see :func:`resolve_artifacts`).
         sizes: camera frame sizes (W, H).
         threads: CPU threads for LiteRT / onnxruntime: one count, or several to sweep
             (``[1, 2, 4]`` or ``"1,2,4"``); None: the runtime's default.
+        precisions: what a .keras model computes in: "fp32", "bf16", "fp16", or several to
+            sweep (``"fp32,bf16"``); None: fp32. Other formats run at the precision they were
+            exported at: only their fp32 rows run, and a warning names each file skipped for
+            another precision.
         warmup: untimed frames before timing (the first frame is reported as ``first_ms``).
         runs, min_seconds: timing goes on until both are reached.
         resize: the Segmenter's "resize" or "letterbox".
@@ -272,14 +327,37 @@ def benchmark(
         raise ValueError(f"model_size must be one of {', '.join(MODEL_SIZES)}; got "
                          f"{model_size!r}")
     counts = parse_threads(threads)
+    names = parse_precisions(precisions)
     sizes = [tuple(int(v) for v in size) for size in sizes]
     device = fingerprint if fingerprint is not None else device_fingerprint()
+    skipped: set[tuple[str, str]] = set()
     for path, size in resolve_artifacts(artifacts, sizes):
-        for count in counts:
-            job = {"artifact": str(path), "size": list(size), "threads": count,
-                   "warmup": warmup, "runs": runs, "min_seconds": min_seconds,
-                   "resize": resize, "model_size": model_size, "device": device}
-            yield run_isolated(job, timeout)
+        for precision in names:
+            if not precision_applies(path, precision):
+                if (str(path), precision) not in skipped:
+                    skipped.add((str(path), precision))
+                    warnings.warn(f"{path}: precision {precision} applies to .keras models; a "
+                                  f"{path.suffix} file runs at the precision it was exported "
+                                  f"at, so it has no {precision} rows",
+                                  PrecisionSkippedWarning, stacklevel=2)
+                continue
+            for count in counts:
+                job = {"artifact": str(path), "size": list(size), "threads": count,
+                       "precision": precision, "warmup": warmup, "runs": runs,
+                       "min_seconds": min_seconds, "resize": resize, "model_size": model_size,
+                       "device": device}
+                yield run_isolated(job, timeout)
+
+
+def precision_applies(path: Path, precision: str) -> bool:
+    """Whether a row at ``precision`` is measured for ``path``: every precision for a .keras
+    file, fp32 only for the other model formats (they run as exported). A path whose suffix is
+    no model format's (a directory without a file for the size, a typo) runs at every
+    precision asked, so that its error row is there for each."""
+    from edgeseg.artifacts import FORMATS_BY_SUFFIX
+
+    fmt = FORMATS_BY_SUFFIX.get(path.suffix)
+    return precision == DEFAULT_PRECISION or fmt in (None, "keras")
 
 
 def worker_command() -> list[str]:
@@ -395,11 +473,13 @@ def graph_summary(row: dict) -> str | None:
 
 
 def format_row(row: dict) -> str:
-    """One line for the console: model, format and runtime, size, threads, median total, fps,
-    the graph's delegation, or the error."""
+    """One line for the console: model, format and runtime, size, precision, threads, median
+    total, fps, the graph's delegation, or the error."""
     threads = f", {row['threads']} threads" if row.get("threads") else ""
+    precision = f", {row['precision']}" if row.get("precision") else ""
     runtime = f", {row['runtime']}" if row.get("runtime") else ""
-    head = f"{row.get('model')} [{row.get('format')}{runtime}] {row.get('size')}{threads}"
+    head = (f"{row.get('model')} [{row.get('format')}{runtime}] {row.get('size')}{precision}"
+            f"{threads}")
     if row.get("error"):
         return f"{head}: FAILED {row['error']}"
     latency = row["latency_ms"]

@@ -1,10 +1,10 @@
 """One benchmark row, measured in the process that runs this module.
 
-``python -m edgeseg.bench.worker JOB_JSON ROW_PATH`` loads one artifact, fits it to the frame
-size as the job's ``model_size`` asks, times it (:func:`measure`) and writes the row to
-``ROW_PATH``. :func:`edgeseg.bench.runner.benchmark` starts one such process per (artifact,
-size, threads), so that what a row reports (load time, first frame, peak memory) belongs to that
-artifact alone. An error of the model is written as the row's ``error``; the exit status is not
+``python -m edgeseg.bench.worker JOB_JSON ROW_PATH`` loads one artifact at the job's
+``precision``, fits it to the frame size as the job's ``model_size`` asks, times it
+(:func:`measure`) and writes the row to ``ROW_PATH``. :func:`edgeseg.bench.runner.benchmark`
+starts one such process per (artifact, size, precision, threads), so that what a row reports
+(load time, first frame, peak memory) belongs to that artifact alone. An error of the model is written as the row's ``error``; the exit status is not
 zero only when this module itself fails.
 """
 
@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from edgeseg.bench.runner import (
+    DEFAULT_PRECISION,
     FIXED_INPUT_NOTE,
     STAGES,
     describe_error,
@@ -40,7 +41,8 @@ def measure(job: dict) -> dict:
     try:
         with runtime_warnings(row["warnings"]):
             started = time.perf_counter()
-            predictor = load_predictor(path, threads=job["threads"])
+            predictor = load_predictor(path, threads=job["threads"],
+                                       precision=job.get("precision", DEFAULT_PRECISION))
             row["load_ms"] = round(1e3 * (time.perf_counter() - started), 3)
             row["model"] = predictor.artifact.family or row["model"]
             row["quant"] = predictor.artifact.quant
@@ -49,6 +51,11 @@ def measure(job: dict) -> dict:
             predictor, row["note"] = fit_input(predictor, size, job["model_size"],
                                                job["threads"])
         row["model_input"] = size_label(predictor.input_size)
+        if predictor.format == "keras":
+            row["backend"] = predictor.backend
+            row["compute_device"] = predictor.device
+            row["precision"] = predictor.precision
+            row["compute_dtype"] = compute_dtypes(predictor.model)
         if predictor.format == "tflite":
             from edgeseg.runtime_tflite import delegation, xnnpack_ran_graph
 
@@ -99,6 +106,21 @@ def runtime_warnings(said: list[str]) -> Iterator[None]:
                                  warning.lineno)
 
 
+def compute_dtypes(model) -> str:
+    """The compute dtype(s) of the model's layers that hold weights, read from the model
+    itself: "float32", "bfloat16", or "bfloat16, float32" where some layers keep float32."""
+    import keras
+
+    def layers(layer):
+        for child in getattr(layer, "layers", ()) or ():
+            yield child
+            yield from layers(child)
+
+    dtypes = {keras.backend.standardize_dtype(layer.compute_dtype) for layer in layers(model)
+              if layer.weights and not getattr(layer, "layers", None)}
+    return ", ".join(sorted(dtypes)) or keras.backend.standardize_dtype(model.compute_dtype)
+
+
 # --- the network's input size -------------------------------------------------------------------
 
 
@@ -122,10 +144,12 @@ def fit_input(predictor, size: tuple[int, int], model_size: str, threads: int | 
 
 def _keras_at(predictor, size: tuple[int, int]):
     """The same weights in the model's family rebuilt at ``size`` (fully convolutional models
-    take any size), by its registry name and the options in the run.json beside it."""
+    take any size), by its registry name and the options in the run.json beside it; built under
+    the predictor's dtype policy, so that a bf16 predictor stays bf16."""
     import keras
 
     from edgeseg.models import build
+    from edgeseg.runtime.predictor import dtype_policy_scope
 
     artifact = predictor.artifact
     source = predictor.model
@@ -135,8 +159,9 @@ def _keras_at(predictor, size: tuple[int, int]):
               else "probs" if isinstance(source.layers[-1], keras.layers.Softmax) else "logits")
     own = size_label(predictor.input_size)
     try:
-        model = build(artifact.family, artifact.num_classes, (height, width, 3), output=output,
-                      **options)
+        with dtype_policy_scope(predictor.dtype_policy):
+            model = build(artifact.family, artifact.num_classes, (height, width, 3),
+                          output=output, **options)
     except Exception as error:
         return predictor, (f"could not rebuild {artifact.family!r} at {size_label(size)} "
                            f"({describe_error(error)}); ran at {own}")
@@ -146,7 +171,8 @@ def _keras_at(predictor, size: tuple[int, int]):
                            f"{options or '(defaults)'} has other weights than the file (is its "
                            f"run.json beside it?); ran at {own}")
     model.set_weights(weights)
-    # The predictor runs whatever model it holds; its forward pass is traced again for this one.
+    # The predictor runs whatever model it holds: its forward pass is compiled again for this
+    # one (on JAX the compiled function holds the old model's variables, not just its trace).
     predictor.model = model
     predictor.input_size = (width, height)
     predictor._forward = predictor._compiled_forward()

@@ -145,7 +145,10 @@ def _detect_keras(predictor, image: np.ndarray) -> dict[str, np.ndarray]:
             f"{predictor.path}: the Keras model returns {type(outputs).__name__}, not the dict "
             "of Mask R-CNN outputs (boxes, classes, scores, masks, count)"
         )
-    return {key: ops.convert_to_numpy(outputs[key]) for key in DETECTION_KEYS}
+    # Under a mixed dtype policy (precision bf16 / fp16) float outputs such as the masks come
+    # out in 16 bits, and NumPy has no bfloat16 arithmetic: cast to the roles' own types here.
+    return {key: np.asarray(ops.convert_to_numpy(outputs[key])).astype(_DTYPES[key], copy=False)
+            for key in DETECTION_KEYS}
 
 
 def detect(predictor: Predictor, batch: np.ndarray) -> dict[str, np.ndarray]:

@@ -1,18 +1,25 @@
-"""Semantic segmentation training: ``model.fit`` over the tf.data pipeline, each paper's recipe.
+"""Semantic segmentation training: ``model.fit`` on any Keras backend, each paper's recipe.
 
 The task's part of ``edgeseg train``: the loss (class-weighted cross-entropy, optionally with
 U-Net's border weight map, or Dice), the targets (augmented crops and label maps from
 :mod:`edgeseg.train.pipeline`) and the validation metric (mean IoU over the validation split).
 The run directory, resume, checkpoints, optimizer, ``--init-from`` and the time budget are
-:mod:`edgeseg.train.run`'s, shared with instance training. Runs on one device or many
-(MirroredStrategy, or MultiWorkerMirroredStrategy under ``TF_CONFIG``).
+:mod:`edgeseg.train.run`'s, shared with instance training.
+
+On the TensorFlow backend the input is a tf.data pipeline and training runs on one device or
+many (MirroredStrategy, or MultiWorkerMirroredStrategy under ``TF_CONFIG``), with TensorBoard
+logs. On JAX (or PyTorch) the same samples come through a ``keras.utils.PyDataset`` and nothing
+imports TensorFlow: ``KERAS_BACKEND=jax edgeseg train ...`` runs where TensorFlow is not
+installed, XLA-compiled, on the first GPU JAX sees.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
+import zlib
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
@@ -25,7 +32,7 @@ from edgeseg.data.check import quiet_opencv
 from edgeseg.io import save_keras_atomic
 from edgeseg.metrics import ConfusionMatrix
 from edgeseg.models.loading import load_keras_model
-from edgeseg.train.pipeline import AugmentConfig, make_dataset, pipeline_errors
+from edgeseg.train.pipeline import AugmentConfig, make_dataset, make_py_dataset, pipeline_errors
 from edgeseg.train.run import (
     RunDirectory,
     TimeBudget,
@@ -48,7 +55,8 @@ METRIC = "miou"
 
 
 def choose_strategy():
-    """MultiWorkerMirroredStrategy under TF_CONFIG, MirroredStrategy over several GPUs, else default."""
+    """MultiWorkerMirroredStrategy under TF_CONFIG, MirroredStrategy over several GPUs, else
+    default. TensorFlow backend only."""
     import tensorflow as tf
 
     if os.environ.get("TF_CONFIG"):
@@ -97,15 +105,31 @@ def make_loss(config: TrainConfig, num_classes: int, class_weights, weight_map: 
     return ce if config.loss == "ce" else DiceLoss(num_classes, IGNORE_INDEX)
 
 
-def evaluate_dataset(model, dataset_tf, num_classes: int) -> dict:
-    """Confusion-matrix metrics of ``model`` over a batched (image, label) dataset."""
+def evaluate_dataset(model, batches, num_classes: int) -> dict:
+    """Confusion-matrix metrics of ``model`` over batches of (image, label): a tf.data dataset
+    or a PyDataset (:mod:`edgeseg.train.pipeline`)."""
+    import keras
+
+    # The compiled predict step on JAX (an eager call runs op by op); a plain call on
+    # TensorFlow, which also holds under a distribution strategy.
+    if keras.backend.backend() == "tensorflow":
+        def predict(images):
+            return model(images, training=False)
+    else:
+        predict = model.predict_on_batch
     confusion = ConfusionMatrix(num_classes, IGNORE_INDEX)
-    for batch in dataset_tf:
-        images, labels = batch[0], batch[1]
-        logits = model(images, training=False)
-        preds = np.asarray(logits).argmax(-1)
-        confusion.update(np.asarray(labels), preds)
+    for batch in batches:
+        images, labels = batch[0], np.asarray(batch[1])
+        preds = np.asarray(predict(images)).argmax(-1)
+        confusion.update(labels, preds)
     return confusion.result()
+
+
+def has_gpu() -> bool:
+    """Whether the active Keras backend sees a GPU."""
+    from edgeseg.runtime.predictor import keras_device
+
+    return keras_device()["platform"] == "gpu"
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -133,31 +157,38 @@ def train_semantic(config: TrainConfig, strategy=None) -> dict:
     init = open_init_from(config.init_from, "semantic") if config.init_from else None
 
     import keras
-    import tensorflow as tf
 
+    on_tensorflow = keras.backend.backend() == "tensorflow"
+    if strategy is not None and not on_tensorflow:
+        raise ValueError(f"a tf.distribute strategy needs the TensorFlow backend, not "
+                         f"{keras.backend.backend()} (KERAS_BACKEND)")
     keras.utils.set_random_seed(config.seed)
-    if config.mixed_precision == "on" or (
-        config.mixed_precision == "auto" and tf.config.list_physical_devices("GPU")
-    ):
+    if config.mixed_precision == "on" or (config.mixed_precision == "auto" and has_gpu()):
         keras.mixed_precision.set_global_policy("mixed_float16")
 
     class_weights = class_weights_for(train_set, config.class_weighting)
     things = thing_class_ids(train_set) if config.weight_map else None
 
-    strategy = strategy or choose_strategy()
-    global_batch = config.batch * strategy.num_replicas_in_sync
-    train_tf = make_dataset(
-        train_set, config.size, global_batch, training=True,
-        augment=AugmentConfig(elastic=bool(config.elastic)),
-        class_weights=class_weights, weight_map_things=things, seed=config.seed,
-    )
-    val_tf = make_dataset(val_set, config.size, global_batch, training=False)
+    if on_tensorflow:
+        strategy = strategy or choose_strategy()
+        global_batch = config.batch * strategy.num_replicas_in_sync
+    else:
+        global_batch = config.batch
     steps = config.steps_per_epoch or math.ceil(len(train_set) / global_batch)
-    if config.steps_per_epoch:
-        train_tf = train_tf.repeat()
+    data = {"augment": AugmentConfig(elastic=bool(config.elastic)),
+            "class_weights": class_weights, "weight_map_things": things, "seed": config.seed}
+    if on_tensorflow:
+        train_data = make_dataset(train_set, config.size, global_batch, training=True, **data)
+        val_data = make_dataset(val_set, config.size, global_batch, training=False)
+        if config.steps_per_epoch:
+            train_data = train_data.repeat()
+    else:
+        train_data = make_py_dataset(train_set, config.size, global_batch, training=True,
+                                     steps_per_epoch=steps, first_epoch=run.epochs_done, **data)
+        val_data = make_py_dataset(val_set, config.size, global_batch, training=False)
 
     width, height = config.size
-    with strategy.scope():
+    with strategy.scope() if on_tensorflow else contextlib.nullcontext():
         if run.resuming:
             import edgeseg.train.losses  # noqa: F401  (registers the loss last.keras names)
 
@@ -174,8 +205,10 @@ def train_semantic(config: TrainConfig, strategy=None) -> dict:
                 optimizer=make_optimizer(config.optimizer, config.lr, config.momentum,
                                          config.weight_decay),
                 loss=make_loss(config, num_classes, class_weights, bool(things)),
-                jit_compile=False,
             )
+        # XLA on JAX (eager JAX runs op by op), TensorFlow's own graph on TensorFlow; set after
+        # loading too, since a checkpoint holds the setting of the backend that saved it.
+        model.jit_compile = not on_tensorflow
 
     record = run.start({
         "config": {**asdict(config), "size": list(config.size)},
@@ -194,20 +227,33 @@ def train_semantic(config: TrainConfig, strategy=None) -> dict:
     if not run.epochs_left(config.epochs):
         return record
 
-    # A sample that goes bad after the check surfaces inside tf.data: one line, as the check's.
-    with pipeline_errors(), quiet_opencv():
+    if not on_tensorflow:
+        # fit builds an unbuilt loss or optimizer from a batch it reads off the PyDataset's
+        # queue, and that read shifts every later batch by one place (Keras 3.15): epoch 2
+        # would train on most of epoch 1's batches, and a resumed run (whose optimizer is
+        # built) on others. Built here from batch 0 itself, fit reads nothing extra.
+        model._symbolic_build(data_batch=train_data[0])
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+    callbacks = [
+        EpochSeeding(config.seed, train_data),
+        NaNGuard(),
+        EpochRecorder(run, val_data, num_classes, images_per_epoch=steps * global_batch),
+        TimeBudgetCallback(config.max_minutes),
+    ]
+    if on_tensorflow:  # TensorBoard's writer is TensorFlow's
+        callbacks.append(
+            keras.callbacks.TensorBoard(str(run.path("tensorboard")), update_freq="epoch"))
+    # A sample that goes bad after the check surfaces inside tf.data: one line, as the check's
+    # (a PyDataset raises the reader's DataError itself).
+    with pipeline_errors() if on_tensorflow else contextlib.nullcontext(), quiet_opencv():
         model.fit(
-            train_tf,
+            train_data,
             epochs=config.epochs,
             initial_epoch=run.epochs_done,
             steps_per_epoch=steps,
             shuffle=False,  # the pipeline shuffles
-            callbacks=[
-                NaNGuard(),
-                EpochRecorder(run, val_tf, num_classes, images_per_epoch=steps * global_batch),
-                TimeBudgetCallback(config.max_minutes),
-                keras.callbacks.TensorBoard(str(run.path("tensorboard")), update_freq="epoch"),
-            ],
+            callbacks=callbacks,
             verbose=config.verbose,
         )
     return run.record
@@ -234,6 +280,34 @@ class NaNGuard(_keras_callback_base()):
         self.epoch = epoch
 
 
+class EpochSeeding(_keras_callback_base()):
+    """As each epoch begins, seeds its randomness from (run seed, epoch): the model's random
+    layers (dropout) and, for a PyDataset, the place in the input stream.
+
+    A .keras file does not keep the state of the layers' random generators, and Keras may read
+    a PyDataset for one extra pass (to build a model before its first step), so counting
+    passes would drift; with this, epoch N draws the same inputs and dropout masks whether the
+    run was resumed or not. (A tf.data pipeline keeps its own shuffling state: resumed runs on
+    TensorFlow continue from the saved state but draw other inputs.)
+    """
+
+    def __init__(self, seed: int, data=None):
+        super().__init__()
+        self.seed = seed
+        self.data = data
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if hasattr(self.data, "epoch"):  # before Keras starts the PyDataset's workers
+            self.data.epoch = epoch
+        # By layer name: a loaded model lists its generators' variables in another order.
+        for layer in self.model._flatten_layers(include_self=False):
+            generator = getattr(layer, "seed_generator", None)
+            if generator is not None:
+                key = zlib.crc32(layer.name.encode())
+                seed = np.random.default_rng([self.seed, epoch, key]).integers(0, 2**31)
+                generator.state.assign(np.array([seed, 0], dtype=generator.state.dtype))
+
+
 class TimeBudgetCallback(_keras_callback_base()):
     """Ends ``model.fit`` after the first epoch that finishes past ``minutes`` (None: never)."""
 
@@ -249,10 +323,10 @@ class TimeBudgetCallback(_keras_callback_base()):
 class EpochRecorder(_keras_callback_base()):
     """At each epoch's end: validation metrics, then last / best models and run.json."""
 
-    def __init__(self, run: RunDirectory, val_tf, num_classes: int, images_per_epoch: int):
+    def __init__(self, run: RunDirectory, val_data, num_classes: int, images_per_epoch: int):
         super().__init__()
         self.run = run
-        self.val_tf = val_tf
+        self.val_data = val_data
         self.num_classes = num_classes
         self.images_per_epoch = images_per_epoch
         self.epoch_started = time.time()
@@ -262,7 +336,7 @@ class EpochRecorder(_keras_callback_base()):
 
     def on_epoch_end(self, epoch, logs=None):
         train_seconds = time.time() - self.epoch_started
-        metrics = evaluate_dataset(self.model, self.val_tf, self.num_classes)
+        metrics = evaluate_dataset(self.model, self.val_data, self.num_classes)
         entry = {
             "epoch": epoch + 1,
             "loss": float((logs or {}).get("loss", float("nan"))),

@@ -103,10 +103,18 @@ def train(config: TrainConfig, strategy=None) -> dict:
         TrainingError: a NaN loss, an incompatible ``--resume`` or ``--init-from``.
     """
     if config.task == "instance":
-        from edgeseg.train.instance import train_instance
+        from edgeseg.quiet import keras_backend
 
+        if keras_backend() != "tensorflow":
+            raise TrainingError(
+                f"{config.model} trains on Keras' TensorFlow backend only (its training step is "
+                f"a tf.GradientTape loop); this run has KERAS_BACKEND={keras_backend()}. Unset "
+                "it or set KERAS_BACKEND=tensorflow; semantic models train on any backend"
+            )
         if strategy is not None:
             raise ValueError(f"{config.model} trains on one device; no distribution strategy")
+        from edgeseg.train.instance import train_instance
+
         return train_instance(config)
     from edgeseg.train.semantic import train_semantic
 

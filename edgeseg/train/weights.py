@@ -189,7 +189,11 @@ def unet_weight_map(
         # distanceTransform measures the distance to the nearest zero pixel: the cell's pixels.
         outside = (instances != cell).astype(np.uint8)
         distance = cv2.distanceTransform(outside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-        distance = distance.astype(np.float64)
+        # Exact distances are square roots of integers. OpenCV's float32 ones carry a last-bit
+        # error that varies from call to call; snapping makes the map repeat exactly (a
+        # resumed run draws what an uninterrupted one did). The border term is 0 long before
+        # the float32 error could reach half a squared pixel.
+        distance = np.sqrt(np.round(distance.astype(np.float64) ** 2))
         second = np.minimum(second, np.maximum(nearest, distance))
         nearest = np.minimum(nearest, distance)
     border = np.maximum(nearest - 0.5, 0.0) + np.maximum(second - 0.5, 0.0)

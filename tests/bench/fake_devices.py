@@ -38,7 +38,8 @@ def write(root: Path, relative: str, content: str | bytes) -> None:
         path.write_text(content)
 
 
-def fake_orin(root: Path, saved_mode: str | None = "pmode:0000\nfmode:quiet\n") -> Path:
+def fake_orin(root: Path, saved_mode: str | None = "pmode:0000\nfmode:quiet\n",
+              clocks_held: bool | None = None) -> Path:
     write(root, "proc/cpuinfo", "\n".join(ORIN_CPU.format(i=i) for i in range(6)))
     write(root, "proc/meminfo", "MemTotal:        7802212 kB\nMemFree:  1000 kB\n")
     write(root, "proc/device-tree/model", b"NVIDIA Jetson Orin Nano Developer Kit\x00")
@@ -46,6 +47,14 @@ def fake_orin(root: Path, saved_mode: str | None = "pmode:0000\nfmode:quiet\n") 
     write(root, "etc/os-release", 'NAME="Ubuntu"\nPRETTY_NAME="Ubuntu 22.04.4 LTS"\n')
     if saved_mode:
         write(root, "var/lib/nvpmodel/status", saved_mode)
+    if clocks_held is not None:  # the sysfs files jetson_clocks sets (Orin Nano's figures)
+        for i in range(6):
+            cpufreq = f"sys/devices/system/cpu/cpu{i}/cpufreq"
+            write(root, f"{cpufreq}/cpuinfo_max_freq", "1510400\n")
+            write(root, f"{cpufreq}/scaling_min_freq", "1510400\n" if clocks_held else "115200\n")
+        gpu = "sys/class/devfreq/17000000.ga10b"
+        write(root, f"{gpu}/max_freq", "624750000\n")
+        write(root, f"{gpu}/min_freq", "624750000\n" if clocks_held else "306000000\n")
     return root
 
 

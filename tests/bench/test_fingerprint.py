@@ -26,6 +26,20 @@ def test_jetson_orin_tree(tmp_path):
     assert device_label(fingerprint) == "Jetson Orin Nano (15W)"
 
 
+def test_jetson_clocks_read_from_sysfs(tmp_path):
+    assert device_fingerprint(proc_root=tmp_path, sys_root=fake_orin(tmp_path / "none"))[
+        "jetson_clocks"] is None  # no cpufreq in the tree: unknown, not "off"
+    held = device_fingerprint(proc_root=tmp_path, sys_root=fake_orin(tmp_path / "on", clocks_held=True))
+    assert held["jetson_clocks"] == "on"
+    assert held["clocks"] == {"state": "on", "cpu_min_khz": 1510400, "cpu_max_khz": 1510400,
+                              "gpu_min_hz": 624750000, "gpu_max_hz": 624750000}
+    scaling = device_fingerprint(proc_root=tmp_path, sys_root=fake_orin(tmp_path / "off", clocks_held=False))
+    assert scaling["jetson_clocks"] == "off" and scaling["clocks"]["gpu_min_hz"] == 306000000
+    board = fake_orin(tmp_path / "label", clocks_held=True)
+    assert device_label(device_fingerprint(proc_root=board, sys_root=board)) == (
+        "Jetson Orin Nano (15W, jetson_clocks)")
+
+
 def test_jetson_without_saved_mode_reports_the_configured_default(tmp_path):
     root = fake_orin(tmp_path, saved_mode=None)
     fingerprint = device_fingerprint(proc_root=root, sys_root=root)

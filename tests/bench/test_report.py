@@ -218,3 +218,85 @@ def test_rows_of_two_runtimes_stay_apart_and_the_table_names_them(two_devices, t
     with open(written["csv"], newline="") as file:
         by_runtime = {r["runtime"]: r["xnnpack"] for r in csv.DictReader(file)}
     assert by_runtime == {"ai-edge-litert 2.3.0": "True", "tflite-runtime 2.14.0": "False"}
+
+
+# --- precision and batch ------------------------------------------------------------------------
+
+
+def gpu_rows(x86: dict) -> list[dict]:
+    """Rows as ``benchmarks/gpu/bench_jax.py`` writes them (``quant`` the precision, its Keras
+    policy, ``batch``; the batch in the runtime), and ``edgeseg bench`` .keras rows on the GPU
+    (``precision``, ``compute_device``, ``backend``) of ENet at 640x360."""
+    runtime = "keras 3.10.0 (jax 0.6.2 backend, gpu: NVIDIA H200)"
+    rows = []
+    for quant, policy in (("fp32", "float32"), ("bf16", "mixed_bfloat16")):
+        for batch, ms in ((1, 4.0), (8, 20.0)):
+            rows.append(dict(
+                fake_row("enet", "keras", "640x360", x86, ms), artifact=None, quant=quant,
+                precision_policy=policy, batch=batch, backend="jax", threads=None,
+                runtime=runtime if batch == 1 else f"{runtime}, batch {batch}"))
+    h200 = {"platform": "gpu", "name": "NVIDIA H200", "memory_mib": 143771,
+            "driver": "570.86.15", "compute_capability": "9.0"}
+    for precision, ms in (("fp32 (matmul precision: default, TF32 on this GPU)", 6.0),
+                          ("bf16 (mixed_bfloat16)", 5.0)):
+        rows.append(dict(fake_row("enet", "keras", "640x360", x86, ms), quant=None,
+                         precision=precision, batch=1, backend="jax", compute_device=h200,
+                         threads=None, runtime="keras 3.10.0 (jax 0.6.2 backend, gpu NVIDIA H200)"))
+    return rows
+
+
+def test_precision_and_batch_columns_beside_the_paper_and_old_rows(two_devices, tmp_path):
+    files, orin_rows, _, _ = two_devices
+    x86 = merge_results(files)[len(orin_rows)]["device"]
+    gpu = gpu_rows(x86)
+    old = merge_results(files)  # rows written before precision and batch existed
+    assert all("batch" not in row and "precision" not in row for row in old)
+    cpu_keras = dict(fake_row("enet", "keras", "640x360", x86, 90.0), quant=None, batch=1,
+                     precision="fp32 (matmul precision: default)", backend="tensorflow",
+                     compute_device={"platform": "cpu", "name": "cpu"}, threads=None)
+    results = tmp_path / "gpu.jsonl"
+    write_jsonl([*gpu, cpu_keras], results)
+    rows = merge_results([*files, results])
+    # fp32 / bf16 at batch 1 and 8 of one file and device are rows of their own.
+    assert len(deduplicate(rows)) == len(rows)
+    written = write_report(rows, tmp_path / "report", plot=False)
+
+    with open(written["csv"], newline="") as file:
+        records = [r for r in csv.DictReader(file) if r["size"] == "640x360"
+                   and r["model"].lower() == "enet"]
+    keyed = {(r["device"], r["precision"], r["batch"]): r for r in records}
+    # The GPU script's rows: the precision from quant and policy, the batch as written.
+    assert float(keyed[("NVIDIA H100 80GB HBM3 / 535.104.05", "fp32", "8")]["total_ms"]) > 0
+    assert ("NVIDIA H100 80GB HBM3 / 535.104.05", "bf16 (mixed_bfloat16)", "8") in keyed
+    # edgeseg bench's .keras rows: the device their backend ran on, not the machine's GPU.
+    assert ("NVIDIA H200 / 570.86.15", "bf16 (mixed_bfloat16)", "1") in keyed
+    assert ("NVIDIA H200 / 570.86.15", "fp32 (matmul precision: default, TF32 on this GPU)",
+            "1") in keyed
+    cpu = [key for key in keyed if key[1] == "fp32 (matmul precision: default)"]
+    assert len(cpu) == 1 and "H100" not in cpu[0][0] and "Xeon" in cpu[0][0]
+    # Old rows: batch 1, precision from quant ("none": fp32); the paper's: batch 1, unstated.
+    orin = [r for r in records if r["device"].startswith("Jetson Orin")]
+    assert [(r["quant"], r["precision"], r["batch"]) for r in orin] == [("none", "fp32", "1")]
+    paper = [r for r in records if r["reference"]]
+    assert {r["device"] for r in paper} == {"Jetson TX1 (ENet paper)",
+                                            "NVIDIA Titan X (ENet paper)"}
+    assert {(r["precision"], r["batch"]) for r in paper} == {("", "1")}
+
+    markdown = written["markdown"].read_text()
+    table = markdown.split("## enet, network input 640x360")[1].split("\n## ")[0]
+    header = [cell.strip() for cell in table.strip().splitlines()[0].split("|")]
+    assert "precision" in header and "batch" in header and "device" in header
+    lines = [[cell.strip() for cell in line.split("|")] for line in table.strip().splitlines()[2:]]
+    at = {name: header.index(name) for name in ("device", "precision", "batch")}
+    cells = {(line[at["device"]], line[at["precision"]], line[at["batch"]]) for line in lines}
+    assert ("NVIDIA H200 / 570.86.15", "bf16 (mixed_bfloat16)", "1") in cells
+    assert ("NVIDIA H100 80GB HBM3 / 535.104.05", "bf16 (mixed_bfloat16)", "8") in cells
+    assert ("NVIDIA Titan X (ENet paper)", "", "1") in cells
+    assert ("Jetson Orin Nano (15W)", "fp32", "1") in cells
+
+    # The plot: one line per precision and batch, the batch said once.
+    series = {label for label, _ in latency_series(table_rows(rows))}
+    assert "NVIDIA H200 / 570.86.15: enet keras (keras 3.10.0 (jax 0.6.2 backend, gpu NVIDIA " \
+           "H200)) bf16 (mixed_bfloat16)" in series
+    batch8 = [label for label in series if "batch 8" in label]
+    assert len(batch8) == 2 and all(label.count("batch 8") == 1 for label in batch8)

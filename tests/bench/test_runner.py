@@ -323,7 +323,7 @@ def test_keras_rows_have_no_graph_report(keras_then_tflite):
     for key in ("graph_nodes", "xnnpack_partitions", "ops_outside_delegate", "xnnpack"):
         assert keras_row[key] is None
     assert keras_row["runtime"] == (f"keras {keras.__version__} (tensorflow {tf.__version__} "
-                                    "backend)")
+                                    "backend, cpu)")
 
 
 def test_a_threads_sweep_gives_one_row_per_count(tiny_tflites):

@@ -346,3 +346,86 @@ def test_engines_match_keras(tmp_path):
     assert cache.stat().st_size > 0
     got = run_engine(engine, x)
     assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.5
+
+
+# --- the export's fallback without TensorRT ------------------------------------------------------
+
+
+def tiny_keras_model():
+    pytest.importorskip("tf2onnx")
+    from tests.bench.small_models import conv_stack
+
+    return conv_stack()
+
+
+def trtexec_lines(message: str) -> list[list[str]]:
+    """The lines of a message that are commands (indented, starting with trtexec), split as a
+    POSIX shell splits them."""
+    return [shlex.split(line) for line in message.splitlines() if line.startswith("  trtexec")]
+
+
+def test_export_without_tensorrt_writes_the_onnx_and_a_trtexec_line_that_runs(
+        tmp_path, without_tensorrt):
+    from edgeseg.converters.formats import ConversionJob
+
+    out = tmp_path / "my models" / "enet.engine"  # a space: the paths must be quoted
+    out.parent.mkdir()
+    job = ConversionJob(model=tiny_keras_model(), quant="fp16", destination=out)
+    with pytest.raises(tensorrt_export.TensorRTUnavailableError) as error:
+        tensorrt_export.write_engine(job, out.with_name(".enet-tmp.engine"))
+    onnx_path = out.with_suffix(".onnx")
+    assert isinstance(error.value, ImportError)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["enet.onnx"]  # visible, and alone
+    onnx = pytest.importorskip("onnx")
+    onnx.checker.check_model(onnx.load(onnx_path))
+
+    message = str(error.value)
+    assert message.startswith("no engine written: TensorRT's Python package could not be imported")
+    (argv,) = trtexec_lines(message)
+    assert argv == ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={out}",
+                    "--memPoolSize=workspace:2048M", "--fp16"]
+    assert error.value.command == trtexec_command(onnx_path, out, "fp16")
+    assert error.value.onnx_path == onnx_path
+
+
+def test_int8_export_without_tensorrt_gives_the_fp16_line_and_says_why(tmp_path, without_tensorrt):
+    from edgeseg.converters.formats import ConversionJob
+
+    out = tmp_path / "enet_int8.engine"
+    stale = tensorrt_export.default_calibration_cache(out)
+    stale.write_bytes(b"a table of other weights")
+    job = ConversionJob(model=tiny_keras_model(), quant="int8",
+                        calibration=random_images(2, 16, 24), destination=out)
+    with pytest.raises(tensorrt_export.TensorRTUnavailableError) as error:
+        tensorrt_export.write_engine(job, tmp_path / ".enet_int8-tmp.engine")
+    message = str(error.value)
+    assert not stale.exists()  # never reused for the new weights
+    assert "An INT8 engine also needs a calibration table" in message
+    (argv,) = trtexec_lines(message)  # the one line that runs as printed
+    assert argv == ["trtexec", f"--onnx={tmp_path / 'enet_int8.onnx'}",
+                    f"--saveEngine={tmp_path / 'enet_fp16.engine'}",
+                    "--memPoolSize=workspace:2048M", "--fp16"]
+    assert (tmp_path / "enet_int8.onnx").is_file()
+    assert f"--int8 --calib={stale}" in message  # what to run once the table exists
+
+
+def test_cli_export_without_tensorrt_ends_with_the_message_not_a_traceback(
+        tmp_path, without_tensorrt, capsys):
+    pytest.importorskip("tf2onnx")
+    from edgeseg.cli import main
+    from edgeseg.models import build
+    from tests.helpers import SMALL_MODELS
+
+    source = tmp_path / "unet.keras"
+    build("unet", 3, (32, 48, 3), **SMALL_MODELS["unet"]).save(source)
+    out = tmp_path / "out" / "unet.engine"
+    code = main(["export", str(source), "--format", "tensorrt", "--quant", "fp16",
+                 "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "Traceback" not in captured.err
+    assert captured.err.startswith("edgeseg export: error: no engine written")
+    (argv,) = trtexec_lines(captured.err)
+    assert argv[1:3] == [f"--onnx={out.with_suffix('.onnx')}", f"--saveEngine={out}"]
+    assert out.with_suffix(".onnx").is_file() and not out.exists()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["unet.onnx"]
