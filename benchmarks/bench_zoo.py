@@ -53,21 +53,12 @@ def timed_runs(fn, warmup: int, runs: int, min_seconds: float, max_seconds: floa
             return times
 
 
-def vm_hwm_mb() -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
 def time_one(path: str, threads: int, warmup: int, runs: int, min_seconds: float,
              max_seconds: float) -> dict:
     """Run in the fresh process: load, time ``invoke``, report the graph and memory."""
     import numpy as np
 
+    from edgeseg.bench.worker import peak_rss_mb
     from edgeseg.runtime_tflite import delegation, load_interpreter
 
     started = time.perf_counter()
@@ -90,7 +81,7 @@ def time_one(path: str, threads: int, warmup: int, runs: int, min_seconds: float
     return {
         "median_ms": statistics.median(times), "min_ms": min(times),
         "p90_ms": float(np.percentile(times, 90)), "runs": len(times),
-        "load_ms": load_ms, "first_ms": first_ms, "peak_rss_mb": vm_hwm_mb(),
+        "load_ms": load_ms, "first_ms": first_ms, "peak_rss_mb": peak_rss_mb(),
         "tensorflow_loaded": "tensorflow" in sys.modules,
         "graph_nodes": graph["nodes"], "xnnpack_partitions": graph["partitions"],
         "ops_outside_delegate": graph["outside"],

@@ -118,16 +118,6 @@ def peak_device_mb() -> float | None:
     return None if peak is None else peak / 2**20
 
 
-def peak_rss_mb() -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
 # --- timing ---------------------------------------------------------------------------------------
 
 
@@ -328,6 +318,7 @@ def run(settings: Settings, out: Path) -> Iterator[dict]:
 
     from edgeseg.bench.fingerprint import device_fingerprint
     from edgeseg.bench.runner import describe_error, finish_row, write_jsonl
+    from edgeseg.bench.worker import peak_rss_mb
     from edgeseg.runtime.predictor import keras_device
 
     device = device_fingerprint()

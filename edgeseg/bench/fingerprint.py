@@ -88,10 +88,10 @@ def device_fingerprint(
         system / "sys/firmware/devicetree/base/model"
     )
     jetson_model = board if board and "jetson" in board.lower() else None
-    gpus = _nvidia_smi() if run_commands else []
-    gpu_name, gpu_driver = gpus[0] if gpus else (None, None)
+    gpus = nvidia_gpus() if run_commands else []
+    gpu_name, gpu_driver = (gpus[0]["name"], gpus[0]["driver"]) if gpus else (None, None)
     if gpu_driver is None:
-        gpu_driver = _driver_from_proc(proc)
+        gpu_driver = driver_from_proc(proc)
     if gpu_name is None:
         gpu_name = _gpu_name_from_proc(proc)
     power_mode, power_mode_source = (None, None)
@@ -217,17 +217,29 @@ def _run(command: list[str]) -> str | None:
     return result.stdout if result.returncode == 0 else None
 
 
-def _nvidia_smi() -> list[tuple[str, str]]:
-    output = _run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"])
+def nvidia_gpus() -> list[dict]:
+    """The GPUs ``nvidia-smi`` lists, in its order: ``{"name", "driver", "memory_mib",
+    "compute_capability"}`` ("9.0"; None from drivers whose nvidia-smi predates the field, or
+    where a figure is "[N/A]"). [] without nvidia-smi."""
+    for fields in ("name,driver_version,memory.total,compute_cap",
+                   "name,driver_version,memory.total"):  # drivers before 510 lack compute_cap
+        output = _run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits"])
+        if output is not None:
+            break
     gpus = []
     for line in (output or "").splitlines():
-        name, _, driver = line.rpartition(",")
-        if name.strip():
-            gpus.append((name.strip(), driver.strip()))
+        # From the right: a GPU's name may hold a comma, the figures do not.
+        name, driver, memory, *capability = (v.strip() for v in line.rsplit(",", fields.count(",")))
+        if name:
+            gpus.append({"name": name, "driver": driver,
+                         "memory_mib": int(memory) if memory.isdigit() else None,
+                         "compute_capability": capability[0] if capability and
+                         capability[0][:1].isdigit() else None})
     return gpus
 
 
-def _driver_from_proc(proc: Path) -> str | None:
+def driver_from_proc(proc: Path = Path("/")) -> str | None:
+    """The NVIDIA kernel driver's version from ``proc/driver/nvidia/version`` under ``proc``."""
     # "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 ..." (desktop) or
     # "NVRM version: NVIDIA UNIX Open Kernel Module for aarch64  540.4.0  Release Build ..."
     text = _read(proc / "proc/driver/nvidia/version") or ""

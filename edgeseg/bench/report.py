@@ -248,8 +248,8 @@ def row_device_label(row: dict) -> str:
     if not isinstance(compute, dict) or (machine or {}).get("label"):
         return device_label(machine)
     if compute.get("platform") == "gpu":
-        name, driver = compute.get("name") or "GPU", compute.get("driver")
-        return f"{name} / {driver}" if driver else name
+        return device_label({"gpu_name": compute.get("name") or "GPU",
+                             "gpu_driver": compute.get("driver")})
     if compute.get("platform") == "cpu" and machine:
         return device_label({**machine, "gpu_name": None, "gpu_driver": None})
     return device_label(machine)

@@ -4,12 +4,12 @@ row each.
 ``benchmark(["enet.tflite", "enet.onnx"])`` times, for each camera frame size and thread count,
 the runtime's whole path (``Segmenter``: resize and normalise, the model, argmax and resize back)
 on a deterministic synthetic frame: a few warm-up frames, then timed frames until both ``runs``
-frames and ``min_seconds`` have passed. Each (artifact, size, precision, threads) runs in its own fresh
-Python process (:mod:`edgeseg.bench.worker`), so that its load time, first frame and peak memory
-are its own: a .tflite row after a .keras row carries no TensorFlow. This process never imports
-TensorFlow or a model runtime. A model that fails to load or run, or a process that crashes or
-is killed, gives a row with ``error`` set, never an exception (Ultralytics' ``yolo benchmark``
-does the same), so one broken export does not lose the others' numbers.
+frames and ``min_seconds`` have passed. Each (artifact, size, precision, threads) runs in its
+own fresh Python process (:mod:`edgeseg.bench.worker`), so that its load time, first frame and
+peak memory are its own: a .tflite row after a .keras row carries no TensorFlow. This process
+never imports TensorFlow or a model runtime. A model that fails to load or run, or a process
+that crashes or is killed, gives a row with ``error`` set, never an exception (Ultralytics'
+``yolo benchmark`` does the same), so one broken export does not lose the others' numbers.
 
 Precisions: a .keras model runs on the active Keras backend (compiled, on the first GPU that
 backend sees) at each precision asked: "fp32", or "bf16" / "fp16" compute through Keras' mixed

@@ -4,8 +4,8 @@
 ``precision``, fits it to the frame size as the job's ``model_size`` asks, times it
 (:func:`measure`) and writes the row to ``ROW_PATH``. :func:`edgeseg.bench.runner.benchmark`
 starts one such process per (artifact, size, precision, threads), so that what a row reports
-(load time, first frame, peak memory) belongs to that artifact alone. An error of the model is written as the row's ``error``; the exit status is not
-zero only when this module itself fails.
+(load time, first frame, peak memory) belongs to that artifact alone. An error of the model is
+written as the row's ``error``; the exit status is not zero only when this module itself fails.
 """
 
 from __future__ import annotations

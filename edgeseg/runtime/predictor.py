@@ -218,41 +218,23 @@ def keras_device() -> dict:
                 "compute_capability": ".".join(map(str, capability)) if capability else None}
     else:
         return {"platform": "cpu", "name": "cpu"}
-    smi = _nvidia_smi()
+    from edgeseg.bench.fingerprint import driver_from_proc
+
+    smi = visible_nvidia_gpu()
     return {**info, "name": info["name"] or smi.get("name"),
-            "memory_mib": smi.get("memory_mib"), "driver": smi.get("driver") or _nvidia_driver(),
+            "memory_mib": smi.get("memory_mib"), "driver": smi.get("driver") or driver_from_proc(),
             "compute_capability": info["compute_capability"] or smi.get("compute_capability")}
 
 
-def _nvidia_smi() -> dict:
-    """The first visible GPU as nvidia-smi reports it; {} where there is no nvidia-smi."""
-    import shutil
-    import subprocess
+def visible_nvidia_gpu() -> dict:
+    """The first GPU this process sees (``CUDA_VISIBLE_DEVICES``) as nvidia-smi reports it
+    (:func:`edgeseg.bench.fingerprint.nvidia_gpus`); {} where there is no nvidia-smi."""
+    from edgeseg.bench.fingerprint import nvidia_gpus
 
-    if not shutil.which("nvidia-smi"):
-        return {}
+    gpus = nvidia_gpus()
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip() or "0"
-    try:
-        line = subprocess.run(
-            ["nvidia-smi", "-i", visible, "--format=csv,noheader,nounits",
-             "--query-gpu=name,memory.total,driver_version,compute_cap"],
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip().splitlines()[0]
-        name, memory, driver, capability = (field.strip() for field in line.split(","))
-        return {"name": name, "memory_mib": int(memory), "driver": driver,
-                "compute_capability": capability}
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        return {}
-
-
-def _nvidia_driver() -> str | None:
-    """The NVIDIA kernel driver's version from /proc ("570.86.15"), None where absent."""
-    try:
-        text = Path("/proc/driver/nvidia/version").read_text()
-    except OSError:
-        return None
-    words = text.split()
-    return next((w for w in words if w[:1].isdigit() and w.count(".") >= 1), None)
+    index = int(visible) if visible.isdigit() else 0
+    return gpus[index] if index < len(gpus) else {}
 
 
 def precision_label(precision: str, device: dict) -> str:
@@ -418,7 +400,7 @@ class EnginePredictor(Predictor):
         height, width = shape[1:3] if self.layout == "NHWC" else shape[2:4]
         self.input_size = (int(width), int(height))
         self.batch = self.engine.batch
-        gpu = self.engine.cuda.device_name() or _nvidia_smi().get("name")
+        gpu = self.engine.cuda.device_name() or visible_nvidia_gpu().get("name")
         self.runtime = f"tensorrt {self.engine.tensorrt_version}" + (f" ({gpu})" if gpu else "")
         if artifact is not None and artifact.task == "instance":
             self.detect = self._detect

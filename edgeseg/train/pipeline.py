@@ -90,9 +90,9 @@ class Samples:
         self.weights = None
         if class_weights is not None and weight_map_things is not None:
             self.weights = (np.asarray(class_weights, np.float32), list(weight_map_things))
-        first_image, _ = dataset[0]
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = (
-            {} if first_image.nbytes * 4 / 3 * len(dataset) <= cache_bytes else None)
+        first = dataset[0]
+        fits = first[0].nbytes * 4 / 3 * len(dataset) <= cache_bytes
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {0: first} if fits else None
 
     def __len__(self) -> int:
         return len(self.dataset)

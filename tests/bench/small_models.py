@@ -12,6 +12,19 @@ import numpy as np
 TINY_HW = (16, 24)
 
 
+def save_small_enet(folder: Path) -> Path:
+    """A small ENet (3 classes, seeded) saved as ``folder/enet_64x48.keras``. ENet is fully
+    convolutional: ``--model-size frame`` rebuilds it at any frame size."""
+    import keras
+
+    from edgeseg.models import build
+
+    keras.utils.set_random_seed(0)
+    path = Path(folder) / "enet_64x48.keras"
+    build("enet", 3, (48, 64, 3)).save(path)
+    return path
+
+
 def conv_prelu(input_hw=TINY_HW):
     """Conv2D then Keras' PReLU: XNNPACK runs PReLU in float, not in int8."""
     import keras

@@ -85,3 +85,34 @@ def test_package_versions_come_from_metadata_without_importing_tensorflow():
         assert packages["tensorflow"] == importlib.metadata.version("tensorflow")
     except importlib.metadata.PackageNotFoundError:
         assert packages["tensorflow"] is None
+
+
+def test_nvidia_gpus_parse_nvidia_smi_and_fall_back_for_old_drivers(monkeypatch):
+    import edgeseg.bench.fingerprint as fingerprint
+
+    asked = []
+
+    def smi(output_with_cap, output_without):
+        def run(command):
+            asked.append(command[1])
+            return output_with_cap if "compute_cap" in command[1] else output_without
+        return run
+
+    monkeypatch.setattr(fingerprint, "_run", smi(
+        "NVIDIA H200, 570.86.15, 143771, 9.0\nNVIDIA A100-SXM4-80GB, 570.86.15, [N/A], 8.0\n",
+        None))
+    assert fingerprint.nvidia_gpus() == [
+        {"name": "NVIDIA H200", "driver": "570.86.15", "memory_mib": 143771,
+         "compute_capability": "9.0"},
+        {"name": "NVIDIA A100-SXM4-80GB", "driver": "570.86.15", "memory_mib": None,
+         "compute_capability": "8.0"},
+    ]
+    # A driver whose nvidia-smi has no compute_cap field fails that query: asked without it.
+    asked.clear()
+    monkeypatch.setattr(fingerprint, "_run", smi(None, "Tesla K80, 470.82.01, 11441\n"))
+    assert fingerprint.nvidia_gpus() == [{"name": "Tesla K80", "driver": "470.82.01",
+                                          "memory_mib": 11441, "compute_capability": None}]
+    assert asked == ["--query-gpu=name,driver_version,memory.total,compute_cap",
+                     "--query-gpu=name,driver_version,memory.total"]
+    monkeypatch.setattr(fingerprint, "_run", smi(None, None))  # no nvidia-smi
+    assert fingerprint.nvidia_gpus() == []

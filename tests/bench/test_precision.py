@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edgeseg.bench.runner import benchmark, format_row, parse_precisions
-from tests.bench.small_models import conv_prelu, write_tflite
+from tests.bench.small_models import conv_prelu, save_small_enet, write_tflite
 from tests.helpers import random_images, spread_unet
 
 FAKE_DEVICE = {"label": "test machine"}
@@ -62,15 +62,7 @@ def test_cli_passes_the_precisions_to_the_benchmark(tmp_path, monkeypatch, capsy
 
 @pytest.fixture(scope="module")
 def enet_keras(tmp_path_factory) -> Path:
-    """A small ENet saved as .keras at 64x48 (ENet is fully convolutional: rebuilt at a frame)."""
-    import keras
-
-    from edgeseg.models import build
-
-    keras.utils.set_random_seed(0)
-    path = tmp_path_factory.mktemp("enet") / "enet_64x48.keras"
-    build("enet", 3, (48, 64, 3)).save(path)
-    return path
+    return save_small_enet(tmp_path_factory.mktemp("enet"))
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from edgeseg.bench.runner import (
     write_jsonl,
 )
 from edgeseg.bench.stats import STAT_NAMES
-from tests.bench.small_models import conv_prelu, fixed_reshape, write_tflite
+from tests.bench.small_models import conv_prelu, fixed_reshape, save_small_enet, write_tflite
 
 CLASSES = ["sky", "road", "car"]
 # Model input 48x32 (W x H); frames of other sizes are resized to it.
@@ -235,15 +235,7 @@ def test_one_artifact_per_size_by_pattern_and_by_directory(tflite_model, tmp_pat
 
 @pytest.fixture(scope="module")
 def enet_keras(tmp_path_factory) -> Path:
-    """A small ENet saved as .keras at 64x48 (ENet is fully convolutional)."""
-    import keras
-
-    from edgeseg.models import build
-
-    keras.utils.set_random_seed(0)
-    path = tmp_path_factory.mktemp("enet") / "enet_64x48.keras"
-    build("enet", 3, (48, 64, 3)).save(path)
-    return path
+    return save_small_enet(tmp_path_factory.mktemp("enet"))
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,12 @@ import pytest
 from edgeseg.data import write_synthetic
 from tests.helpers import WITHOUT_TENSORFLOW, edgeseg_without_tensorflow
 from tests.train.test_bad_data import error_lines, folder_dataset, train_command
-from tests.train.test_trainer import CAPTURE_RESUME, assert_same_arrays, epochs_done, saved_state
+from tests.train.test_trainer import (
+    CAPTURE_RESUME,
+    assert_started_from,
+    epochs_done,
+    saved_state,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -93,14 +98,7 @@ def test_enet_on_jax_resumes_after_kill_9_like_an_uninterrupted_run(synthetic_ro
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming" in resumed.stdout and "after epoch 1" in resumed.stdout
     assert "time budget of 0 min reached after epoch 2" in resumed.stdout
-    names = json.loads(state.with_suffix(".json").read_text())
-    assert names == {"weights": saved["weight_names"], "optimizer": saved["optimizer_names"]}
-    with np.load(f"{state}.weights.npz") as held:
-        assert_same_arrays([held[f"arr_{i}"] for i in range(len(held.files))],
-                           saved["weights"], names["weights"])
-    with np.load(f"{state}.optimizer.npz") as held:
-        assert_same_arrays([held[f"arr_{i}"] for i in range(len(held.files))],
-                           saved["optimizer"], names["optimizer"])
+    assert_started_from(state, saved)
     record = json.loads((out / "run.json").read_text())
     assert [e["epoch"] for e in record["epochs"]] == [1, 2]  # the budget stopped epoch 3
     assert record["epochs"][0] == first["epochs"][0]

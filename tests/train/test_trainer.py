@@ -94,6 +94,19 @@ def assert_same_arrays(got: list, want: list, names: list) -> None:
     assert not differ, f"{len(differ)} of {len(names)} differ, e.g. {differ[:5]}"
 
 
+def assert_started_from(state: Path, saved: dict) -> None:
+    """The state CAPTURE_RESUME wrote at ``state`` (what the resumed fit started from) is
+    ``saved`` (:func:`saved_state` of the checkpoint), variable by variable, names included."""
+    names = json.loads(state.with_suffix(".json").read_text())
+    assert names == {"weights": saved["weight_names"], "optimizer": saved["optimizer_names"]}
+    with np.load(f"{state}.weights.npz") as held:
+        assert_same_arrays([held[f"arr_{i}"] for i in range(len(held.files))],
+                           saved["weights"], names["weights"])
+    with np.load(f"{state}.optimizer.npz") as held:
+        assert_same_arrays([held[f"arr_{i}"] for i in range(len(held.files))],
+                           saved["optimizer"], names["optimizer"])
+
+
 def epochs_done(out: Path) -> int:
     try:
         return len(json.loads((out / "run.json").read_text())["epochs"])
@@ -141,14 +154,7 @@ def test_kill_9_mid_epoch_then_resume_loses_no_finished_epoch(synthetic_root, tm
     assert "resuming" in resumed.stdout and "after epoch 1" in resumed.stdout
     # The resumed run continues from exactly what epoch 1 saved: every weight and every
     # optimizer variable (Adam's moments, its iteration count and learning rate).
-    names = json.loads(state.with_suffix(".json").read_text())
-    assert names == {"weights": saved["weight_names"], "optimizer": saved["optimizer_names"]}
-    with np.load(f"{state}.weights.npz") as held:
-        assert_same_arrays([held[f"arr_{i}"] for i in range(len(held.files))],
-                           saved["weights"], names["weights"])
-    with np.load(f"{state}.optimizer.npz") as held:
-        assert_same_arrays([held[f"arr_{i}"] for i in range(len(held.files))],
-                           saved["optimizer"], names["optimizer"])
+    assert_started_from(state, saved)
     record = json.loads((out / "run.json").read_text())
     assert [e["epoch"] for e in record["epochs"]] == [1, 2, 3]
     assert record["epochs"][0] == first["epochs"][0]  # the finished epoch is kept as it was
